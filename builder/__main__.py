@@ -1,0 +1,7 @@
+"""`python -m builder`: the same as the `repro` command."""
+
+import sys
+
+from builder.cli import main
+
+sys.exit(main())

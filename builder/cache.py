@@ -1,0 +1,75 @@
+"""`repro cache ls | gc`: what the store holds, and removing what is no longer used."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from builder.env import read_manifest
+from builder.store import MANIFEST, Store
+
+
+def _size(path: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+def list_envs(store: Store) -> list[dict[str, Any]]:
+    """Every complete environment: id, recipe, Python, packages, size, last use."""
+    if not store.envs.is_dir():
+        return []
+    out = []
+    for path in sorted(store.envs.iterdir()):
+        if path.name.startswith(".") or not (path / MANIFEST).is_file():
+            continue
+        manifest = read_manifest(path)
+        used = dt.datetime.fromtimestamp((path / MANIFEST).stat().st_mtime, dt.UTC)
+        out.append({
+            "env": manifest["env"],
+            "recipe": manifest["recipe"],
+            "python": manifest["python"],
+            "packages": len(manifest["packages"]),
+            "path": str(path),
+            "size": _size(path),
+            "last_used": used.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        })
+    return out
+
+
+def gc(store: Store, *, older_than_days: float, dry_run: bool = False) -> dict[str, Any]:
+    """Remove environments unused for `older_than_days`, and leftovers of dead builds.
+
+    An environment being built or used by a build right now (its lock held) is skipped.
+    """
+    from filelock import Timeout  # noqa: PLC0415
+
+    cutoff = time.time() - older_than_days * 86400
+    removed: list[str] = []
+    freed = 0
+    for leftover in store.leftovers():
+        freed += _size(leftover)
+        removed.append(str(leftover))
+        if not dry_run:
+            shutil.rmtree(leftover, ignore_errors=True)
+    for env in list_envs(store):
+        if (Path(env["path"]) / MANIFEST).stat().st_mtime > cutoff:
+            continue
+        try:
+            with store.locked(env["env"], timeout=0):
+                if not dry_run:
+                    store.remove_env(env["env"])
+        except Timeout:
+            continue
+        removed.append(env["path"])
+        freed += env["size"]
+    return {"store": str(store.root), "removed": removed, "freed": freed, "dry_run": dry_run}

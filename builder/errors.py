@@ -1,0 +1,131 @@
+"""Every error repro raises on purpose, and the exit code each one maps to.
+
+    ReproError                      exit 3 unless a subclass says otherwise
+    ├── InputError                  exit 2: bad input the user can fix
+    │   ├── RecipeError             a recipe file: file, line, key path, fix
+    │   ├── RecipeNotFoundError     no repro.toml where we looked
+    │   └── LockfileError           a lock file that cannot be read
+    ├── CheckFailed                 exit 1: a check ran and said no (stale lock, tampering)
+    ├── ToolError                   exit 3: an external command failed
+    │   └── ResolutionError         the resolver could not satisfy the dependencies
+    └── BuildError                  exit 3: a build step failed (nothing was stored)
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_CHECK = 1
+EXIT_INPUT = 2
+EXIT_TOOL = 3
+EXIT_INTERRUPTED = 130
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """A ` (did you mean 'x'?)` suffix, or '' when nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class ReproError(Exception):
+    """Base of every error repro raises on purpose."""
+
+    exit_code = EXIT_TOOL
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message + (f"\nhint: {hint}" if hint else ""))
+
+
+class InputError(ReproError):
+    """Bad input: a recipe, an argument, a file the user gave."""
+
+    exit_code = EXIT_INPUT
+
+
+class RecipeError(InputError):
+    """A recipe that does not parse or validate; says where and how to fix it."""
+
+    def __init__(
+        self,
+        path: Path,
+        problem: str,
+        *,
+        key: str = "",
+        line: int | None = None,
+        source_line: str = "",
+        hint: str = "",
+    ) -> None:
+        self.path = path
+        self.key = key
+        self.line = line
+        where = str(path) + (f":{line}" if line else "")
+        where += f": [{key}]" if key and "." not in key else (f": {key}" if key else "")
+        message = f"{where}: {problem}"
+        if source_line:
+            message += f"\n  {line} | {source_line}"
+        super().__init__(message, hint=hint)
+
+
+class RecipeNotFoundError(InputError):
+    """No recipe at the given path or in any parent of the working directory."""
+
+    def __init__(self, searched: Path, explicit: bool) -> None:
+        self.searched = searched
+        if explicit:
+            message = f"no recipe at {searched}"
+        else:
+            message = f"no repro.toml in {searched} or any parent directory"
+        super().__init__(
+            message,
+            hint="run repro inside a project, or pass --recipe PATH (or set REPRO_RECIPE)",
+        )
+
+
+class LockfileError(InputError):
+    """A lock file that is missing, unreadable or not in the expected format."""
+
+
+class CheckFailed(ReproError):
+    """A check ran and failed: a stale lock, a tampered file."""
+
+    exit_code = EXIT_CHECK
+
+    def __init__(self, message: str, *, reasons: Sequence[str] = (), hint: str = "") -> None:
+        self.reasons = list(reasons)
+        text = message + "".join(f"\n  - {r}" for r in self.reasons)
+        super().__init__(text, hint=hint)
+
+
+class ToolError(ReproError):
+    """An external command failed; carries its command line and the tail of its stderr."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, stderr: str, *, hint: str = "") -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stderr = stderr
+        tail = "\n".join(stderr.strip().splitlines()[-25:])
+        message = f"command failed with exit status {returncode}: {' '.join(self.argv)}"
+        if tail:
+            message += "\n" + "\n".join("  " + line for line in tail.splitlines())
+        super().__init__(message, hint=hint)
+
+
+class ResolutionError(ReproError):
+    """The resolver could not find a set of packages; carries its explanation."""
+
+    def __init__(self, recipe: Path, explanation: str, *, hint: str = "") -> None:
+        self.explanation = explanation
+        body = "\n".join("  " + line for line in explanation.strip().splitlines())
+        super().__init__(
+            f"{recipe}: [environment] dependencies cannot be resolved:\n{body}",
+            hint=hint or "change environment.dependencies (or environment.python) so they agree",
+        )
+
+
+class BuildError(ReproError):
+    """A build step failed; nothing was stored under the environment's id."""

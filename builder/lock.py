@@ -1,0 +1,216 @@
+"""`repro lock`: resolve a recipe into `lockfiles/<name>/pylock.toml` + `repro.lock`, and check it."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+
+from builder import hashing, pylock
+from builder.errors import CheckFailed, InputError, LockfileError
+from builder.pylock import Package
+from builder.recipe import Recipe
+from builder.resolve import MachineSources, resolve
+from builder.store import atomic_write
+
+LOCK_VERSION = 1
+ENV_FORMAT = "repro.env/v1"
+PYLOCK = "pylock.toml"
+REPRO_LOCK = "repro.lock"
+_HEADER = (
+    "Written by `repro lock`; do not edit by hand.\n"
+    "Identities are BLAKE3 digests of RFC 8785 JSON; see docs/architecture.md.\n"
+)
+
+
+@dataclass(frozen=True)
+class Lock:
+    """A recipe's lock as read from disk."""
+
+    recipe: Recipe
+    packages: list[Package]
+    env_id: str
+    pylock_digest: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pylock_path(self) -> Path:
+        return self.recipe.lock_dir / PYLOCK
+
+
+@dataclass(frozen=True)
+class LockResult:
+    recipe: str
+    env: str
+    lockfile: Path
+    changed: bool
+    packages: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"recipe": self.recipe, "env": self.env, "lockfile": str(self.lockfile),
+                "changed": self.changed, "packages": self.packages}
+
+
+def base_digest(recipe: Recipe) -> str:
+    """The part of `image.base` an identity covers: its digest (or "scratch")."""
+    base = recipe.image.base
+    return base.split("@", 1)[1] if "@" in base else base
+
+
+def env_id(recipe: Recipe, packages: list[Package]) -> str:
+    """The env id: interpreter, platform, every locked artefact, system packages, base, format."""
+    return hashing.digest_json(
+        {
+            "format": ENV_FORMAT,
+            "interpreter": {"implementation": "cpython", "version": recipe.environment.python},
+            "platform": recipe.environment.platform,
+            "packages": sorted((p.identity() for p in packages), key=lambda p: p["name"]),
+            "system-packages": sorted(recipe.environment.system_packages),
+            "base": base_digest(recipe),
+        }
+    )
+
+
+def write_lock(
+    recipe: Recipe,
+    *,
+    resolver: str = "uv",
+    machine: MachineSources = MachineSources(),
+    offline: bool = False,
+) -> LockResult:
+    """Resolve the recipe and write its lock files, rewriting them only when bytes change.
+
+    Raises:
+        InputError: the image base is not pinned by digest.
+        ResolutionError, ToolError: from the resolver.
+    """
+    if not recipe.image.pinned:
+        raise InputError(
+            f"{recipe.path}: image.base {recipe.image.base!r} is not pinned by digest",
+            hint="write the base as name@sha256:<digest> so the lock stays reproducible",
+        )
+    packages = resolve(recipe, resolver, machine, offline=offline)
+    pylock_text = pylock.dumps(packages, recipe.environment.python, recipe.environment.platform)
+    identity = env_id(recipe, packages)
+    lock_text = _repro_lock_text(recipe, identity, hashing.digest_bytes(pylock_text.encode()),
+                                 resolver)
+    changed = False
+    for name, text in ((PYLOCK, pylock_text), (REPRO_LOCK, lock_text)):
+        path = recipe.lock_dir / name
+        data = text.encode()
+        if not path.is_file() or path.read_bytes() != data:
+            atomic_write(path, data)
+            changed = True
+    return LockResult(recipe.name, identity, recipe.lock_dir / REPRO_LOCK, changed, len(packages))
+
+
+def _repro_lock_text(recipe: Recipe, identity: str, pylock_digest: str, resolver: str) -> str:
+    inputs = recipe.env_inputs()
+    doc = tomlkit.document()
+    for line in _HEADER.splitlines():
+        doc.add(tomlkit.comment(line))
+    doc["version"] = LOCK_VERSION
+    doc["env"] = identity
+    doc["pylock"] = pylock_digest
+    doc["resolver"] = resolver
+    interp = tomlkit.inline_table()
+    interp.update({"implementation": "cpython", "version": recipe.environment.python})
+    doc["interpreter"] = interp
+    doc["platform"] = recipe.environment.platform
+    doc["base"] = base_digest(recipe)
+    doc["system-packages"] = inputs["system-packages"]
+    table = tomlkit.table()
+    table.add(tomlkit.comment("the recipe's environment inputs this lock was resolved from"))
+    table["digest"] = hashing.digest_json(inputs)
+    for key, value in inputs.items():
+        table[key] = value
+    doc["inputs"] = table
+    return tomlkit.dumps(doc)
+
+
+def read_lock(recipe: Recipe) -> Lock:
+    """Read a recipe's lock files (without checking them against the recipe).
+
+    Raises:
+        LockfileError: a file is missing or unreadable.
+    """
+    lock_path = recipe.lock_dir / REPRO_LOCK
+    py_path = recipe.lock_dir / PYLOCK
+    for path in (lock_path, py_path):
+        if not path.is_file():
+            raise LockfileError(f"{path} does not exist: {recipe.name} has not been locked",
+                                hint="run `repro lock`")
+    try:
+        data = tomllib.loads(lock_path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise LockfileError(f"{lock_path}: not valid TOML: {exc}",
+                            hint="re-create it with `repro lock`") from exc
+    raw = py_path.read_bytes()
+    packages = pylock.loads(raw.decode(), py_path)
+    return Lock(recipe, packages, env_id(recipe, packages), hashing.digest_bytes(raw), data)
+
+
+def problems(recipe: Recipe) -> tuple[list[str], list[str]]:
+    """Why a lock does not match its recipe: (stale inputs, signs of tampering).
+
+    Reads only local files: no resolver, no network.
+    """
+    try:
+        current = read_lock(recipe)
+    except LockfileError as exc:
+        return [exc.message], []
+    data = current.data
+    if data.get("version") != LOCK_VERSION:
+        return [f"repro.lock is version {data.get('version')!r}; this repro writes "
+                f"{LOCK_VERSION}"], []
+    stale = _input_changes(data.get("inputs", {}), recipe.env_inputs())
+    tampered = []
+    if data.get("pylock") != current.pylock_digest:
+        tampered.append(f"{PYLOCK} was changed after locking: its digest is "
+                        f"{current.pylock_digest}, repro.lock says {data.get('pylock')}")
+    elif data.get("env") != current.env_id and not stale:
+        tampered.append(f"repro.lock's env id {data.get('env')} does not match its packages "
+                        f"({current.env_id})")
+    return stale, tampered
+
+
+def _input_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    changes = []
+    for key, value in new.items():
+        before = old.get(key)
+        if before == value:
+            continue
+        if isinstance(value, list) and isinstance(before, list):
+            added = [v for v in value if v not in before]
+            removed = [v for v in before if v not in value]
+            parts = [f"added {', '.join(added)}" if added else "",
+                     f"removed {', '.join(removed)}" if removed else ""]
+            changes.append(f"{_key(key)}: " + "; ".join(p for p in parts if p))
+        else:
+            changes.append(f"{_key(key)}: {before!r} in the lock, {value!r} in the recipe")
+    return changes
+
+
+def _key(name: str) -> str:
+    return "image.base" if name == "base" else f"environment.{name}"
+
+
+def check(recipe: Recipe) -> Lock:
+    """The lock, if it matches the recipe.
+
+    Raises:
+        CheckFailed: the lock is missing, stale or tampered with (each reason listed).
+    """
+    stale, tampered = problems(recipe)
+    if tampered:
+        raise CheckFailed(f"{recipe.lock_dir} does not match its own digests",
+                          reasons=tampered,
+                          hint="restore the lock files from version control, or re-create "
+                               "them with `repro lock`")
+    if stale:
+        raise CheckFailed(f"{recipe.lock_dir} is out of date with {recipe.path}",
+                          reasons=stale, hint="run `repro lock` and commit the result")
+    return read_lock(recipe)

@@ -1,0 +1,92 @@
+"""Every external command runs through here: no shell, an explicit environment, a logged argv."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from functools import cache
+from pathlib import Path
+
+from builder.errors import ToolError
+
+log = logging.getLogger("repro")
+
+# Variables that change what uv or pip do behind our back; each call states its own.
+_AMBIENT = ("UV_", "PIP_", "VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH", "PYTHONHOME")
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The caller's environment less installer settings, plus `extra`.
+
+    UV_CACHE_DIR survives: where uv caches wheels is the user's choice, not an input.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_AMBIENT)}
+    if "UV_CACHE_DIR" in os.environ:
+        env["UV_CACHE_DIR"] = os.environ["UV_CACHE_DIR"]
+    env.update(extra or {})
+    return env
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    hint: str = "",
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command to completion, capturing its output.
+
+    Raises:
+        ToolError: the command exited non-zero (with `check`) or could not be started.
+    """
+    args = [os.fspath(a) for a in argv]
+    log.debug("$ %s", shlex.join(args))
+    try:
+        done = subprocess.run(
+            args,
+            env=dict(env) if env is not None else clean_env(),
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise ToolError(args, 127, str(exc), hint=hint or f"install {args[0]}") from exc
+    if done.stderr:
+        log.debug("%s", done.stderr.rstrip())
+    if check and done.returncode != 0:
+        raise ToolError(args, done.returncode, done.stderr or done.stdout, hint=hint)
+    return done
+
+
+@cache
+def uv_bin() -> str:
+    """The uv binary that ships in the `uv` wheel repro depends on."""
+    import uv  # noqa: PLC0415  (finding the binary is only needed when uv runs)
+
+    return str(uv.find_uv_bin())
+
+
+def call(
+    argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | None = None,
+    to_stderr: bool = False,
+) -> int:
+    """Run a command with the terminal's streams (stdout to stderr with `to_stderr`).
+
+    Raises:
+        ToolError: the command could not be started.
+    """
+    log.debug("$ %s", shlex.join(argv))
+    try:
+        return subprocess.run(
+            list(argv), env=dict(env), cwd=cwd, check=False,
+            stdout=sys.stderr if to_stderr else None,
+        ).returncode
+    except (FileNotFoundError, PermissionError) as exc:
+        raise ToolError(list(argv), 127, str(exc),
+                        hint=f"is {argv[0]} installed in the environment?") from exc

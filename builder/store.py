@@ -1,0 +1,145 @@
+"""The content-addressed store: blobs, environments, locks between processes, garbage collection.
+
+    $REPRO_HOME/
+        objects/<2 hex>/<62 hex>     immutable blobs, named by their BLAKE3 digest
+        envs/<64 hex>/               a complete environment, named by its env id
+        envs/.tmp-*                  a build in progress (or one that was interrupted)
+        locks/<64 hex>.lock          held while an environment is built or removed
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder import hashing
+from builder.errors import ReproError
+
+MANIFEST = "repro-env.json"
+
+
+def default_home() -> Path:
+    """`$REPRO_HOME`, else the platform's user cache directory."""
+    home = os.environ.get("REPRO_HOME")
+    if home:
+        return Path(home).expanduser().resolve()
+    from platformdirs import user_cache_dir  # noqa: PLC0415
+
+    return Path(user_cache_dir("repro"))
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write a file whole or not at all: a temp file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _hex(digest: str) -> str:
+    return digest.removeprefix(hashing.PREFIX)
+
+
+@dataclass(frozen=True)
+class Store:
+    root: Path
+
+    @classmethod
+    def open(cls, root: Path | None = None) -> Store:
+        return cls((root or default_home()).resolve())
+
+    @property
+    def envs(self) -> Path:
+        return self.root / "envs"
+
+    def env_path(self, env_id: str) -> Path:
+        return self.envs / _hex(env_id)
+
+    def env_ready(self, env_id: str) -> bool:
+        """True when the environment was built to the end (its manifest is the last thing in)."""
+        return (self.env_path(env_id) / MANIFEST).is_file()
+
+    def touch(self, env_id: str) -> None:
+        """Mark an environment used now, for `cache gc --older-than`."""
+        with contextlib.suppress(OSError):
+            os.utime(self.env_path(env_id) / MANIFEST)
+
+    @contextlib.contextmanager
+    def locked(self, env_id: str, *, timeout: float = -1) -> Iterator[None]:
+        """Hold the lock of one environment: concurrent builders of it wait for one another."""
+        from filelock import FileLock  # noqa: PLC0415
+
+        (self.root / "locks").mkdir(parents=True, exist_ok=True)
+        with FileLock(self.root / "locks" / f"{_hex(env_id)}.lock", timeout=timeout):
+            yield
+
+    @contextlib.contextmanager
+    def staging(self, env_id: str) -> Iterator[Path]:
+        """A temp folder beside `envs/<id>`, removed unless it was moved into place."""
+        self.envs.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=self.envs, prefix=f".tmp-{_hex(env_id)[:12]}-"))
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def publish(self, staged: Path, env_id: str) -> Path:
+        """Move a finished staging folder to its final name in one rename."""
+        final = self.env_path(env_id)
+        os.rename(staged, final)
+        return final
+
+    def put(self, data: bytes) -> str:
+        """Store a blob by its digest; storing the same bytes twice is a no-op."""
+        digest = hashing.digest_bytes(data)
+        path = self.object_path(digest)
+        if not path.exists():
+            atomic_write(path, data)
+        return digest
+
+    def object_path(self, digest: str) -> Path:
+        h = _hex(digest)
+        return self.root / "objects" / h[:2] / h[2:]
+
+    def get(self, digest: str) -> bytes:
+        """A blob, checked against its digest.
+
+        Raises:
+            ReproError: the blob is missing or its bytes no longer match its name.
+        """
+        path = self.object_path(digest)
+        data = path.read_bytes()
+        if hashing.digest_bytes(data) != digest:
+            raise ReproError(f"store object {path} is corrupt (its digest changed)",
+                             hint=f"delete {path}; it is re-created the next time it is needed")
+        return data
+
+    def remove_env(self, env_id: str) -> None:
+        """Remove an environment: renamed away first, so it never looks half there."""
+        path = self.env_path(env_id)
+        trash = self.envs / f".trash-{_hex(env_id)[:12]}-{os.getpid()}"
+        os.rename(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def leftovers(self, min_age: float = 3600) -> list[Path]:
+        """Staging folders of builds that died without cleaning up, older than `min_age` s."""
+        if not self.envs.is_dir():
+            return []
+        now = time.time()
+        return [p for p in self.envs.iterdir()
+                if p.name.startswith((".tmp-", ".trash-")) and now - p.stat().st_mtime > min_age]
