@@ -4,8 +4,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from builder.env import BuildResult, build, exec_in, status  # noqa: E402
-from builder.errors import (  # noqa: E402
+from builder.env import BuildResult, build, exec_in, status
+from builder.errors import (
     BuildError,
     CheckFailed,
     InputError,
@@ -16,10 +16,10 @@ from builder.errors import (  # noqa: E402
     ResolutionError,
     ToolError,
 )
-from builder.lock import LockResult, check, env_id, read_lock, write_lock  # noqa: E402
-from builder.recipe import Recipe, find_recipe, load_recipe, parse_recipe  # noqa: E402
-from builder.resolve import MachineSources  # noqa: E402
-from builder.store import Store  # noqa: E402
+from builder.lock import LockResult, check, env_id, read_lock, write_lock
+from builder.recipe import Recipe, find_recipe, load_recipe, parse_recipe
+from builder.resolve import MachineSources
+from builder.store import Store
 
 __all__ = [
     "BuildError",

@@ -55,7 +55,8 @@ def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Flags every command takes: --recipe, --json, -q, -v."""
 
     @click.option("-r", "--recipe", envvar="REPRO_RECIPE", metavar="PATH",
-                  help="Recipe file or folder [default: repro.toml here or above; env: REPRO_RECIPE]")
+                  help="Recipe file or folder [default: repro.toml here or above; "
+                       "env: REPRO_RECIPE]")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
     @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
     @click.option("-v", "--verbose", is_flag=True, help="Show commands run and tracebacks.")
@@ -135,8 +136,8 @@ def lock_cmd(recipe: str | None, machine: Any, offline: bool, resolver: str,
     r = _recipe(recipe)
     if check_only:
         current = lock.check(r)
-        _emit({"recipe": r.name, "env": current.env_id, "lockfile": str(r.lock_dir / lock.REPRO_LOCK),
-               "changed": False, "fresh": True},
+        _emit({"recipe": r.name, "env": current.env_id, "changed": False, "fresh": True,
+               "lockfile": str(r.lock_dir / lock.REPRO_LOCK)},
               f"{r.lock_dir}: up to date (env {current.env_id})")
         return
     OUT.say(f"Resolving {r.name} with {resolver} for Python {r.environment.python} "
@@ -251,6 +252,7 @@ def cache_gc(recipe: str | None, days: float, dry_run: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; map errors to the documented exit codes."""
+    OUT.json = OUT.quiet = False
     try:
         code = cli.main(args=list(argv) if argv is not None else None, prog_name="repro",
                         standalone_mode=False)

@@ -14,7 +14,7 @@ from typing import Any
 from builder import __version__, hashing, lock, proc, pylock
 from builder.errors import BuildError, CheckFailed, InputError, ToolError
 from builder.recipe import Recipe
-from builder.resolve import MachineSources, source_args
+from builder.resolve import NO_MACHINE_SOURCES, MachineSources, source_args
 from builder.store import MANIFEST, Store, atomic_write
 
 MODES = ("auto", "locked", "frozen")
@@ -68,7 +68,7 @@ def build(
     *,
     store: Store,
     mode: str = "auto",
-    machine: MachineSources = MachineSources(),
+    machine: MachineSources = NO_MACHINE_SOURCES,
     offline: bool = False,
     say: Callable[[str], None] = _noop,
 ) -> BuildResult:
@@ -173,7 +173,7 @@ def _result(store: Store, env_id: str, *, cached: bool, relocked: bool,
 
 def exec_in(
     recipe: Recipe, argv: Sequence[str], *, store: Store, mode: str = "auto",
-    machine: MachineSources = MachineSources(), offline: bool = False,
+    machine: MachineSources = NO_MACHINE_SOURCES, offline: bool = False,
     say: Callable[[str], None] = _noop, capture: bool = False,
 ) -> tuple[BuildResult, int]:
     """Run a command inside the recipe's environment, building it first if needed.

@@ -4,10 +4,10 @@
     ├── InputError                  exit 2: bad input the user can fix
     │   ├── RecipeError             a recipe file: file, line, key path, fix
     │   ├── RecipeNotFoundError     no repro.toml where we looked
-    │   └── LockfileError           a lock file that cannot be read
+    │   ├── LockfileError           a lock file that cannot be read
+    │   └── ResolutionError         no packages satisfy the dependencies (resolver's words)
     ├── CheckFailed                 exit 1: a check ran and said no (stale lock, tampering)
     ├── ToolError                   exit 3: an external command failed
-    │   └── ResolutionError         the resolver could not satisfy the dependencies
     └── BuildError                  exit 3: a build step failed (nothing was stored)
 """
 
@@ -63,9 +63,7 @@ class RecipeError(InputError):
         self.path = path
         self.key = key
         self.line = line
-        where = str(path) + (f":{line}" if line else "")
-        where += f": [{key}]" if key and "." not in key else (f": {key}" if key else "")
-        message = f"{where}: {problem}"
+        message = f"{path}{f':{line}' if line else ''}: {problem}"
         if source_line:
             message += f"\n  {line} | {source_line}"
         super().__init__(message, hint=hint)
@@ -104,7 +102,9 @@ class CheckFailed(ReproError):
 class ToolError(ReproError):
     """An external command failed; carries its command line and the tail of its stderr."""
 
-    def __init__(self, argv: Sequence[str], returncode: int, stderr: str, *, hint: str = "") -> None:
+    def __init__(
+        self, argv: Sequence[str], returncode: int, stderr: str, *, hint: str = ""
+    ) -> None:
         self.argv = list(argv)
         self.returncode = returncode
         self.stderr = stderr
@@ -115,12 +115,13 @@ class ToolError(ReproError):
         super().__init__(message, hint=hint)
 
 
-class ResolutionError(ReproError):
+class ResolutionError(InputError):
     """The resolver could not find a set of packages; carries its explanation."""
 
     def __init__(self, recipe: Path, explanation: str, *, hint: str = "") -> None:
         self.explanation = explanation
-        body = "\n".join("  " + line for line in explanation.strip().splitlines())
+        lines = [line.removeprefix("error: ") for line in explanation.strip().splitlines()]
+        body = "\n".join("  " + line for line in lines)
         super().__init__(
             f"{recipe}: [environment] dependencies cannot be resolved:\n{body}",
             hint=hint or "change environment.dependencies (or environment.python) so they agree",

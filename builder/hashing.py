@@ -11,6 +11,8 @@ from typing import Any
 import blake3
 import rfc8785
 
+from builder.errors import InputError
+
 PREFIX = "blake3:"
 _CHUNK = 1 << 20
 # Below this size one read beats mmap plus thread start-up.
@@ -18,8 +20,18 @@ _MMAP_MIN = 8 << 20
 
 
 def canonical_json(value: Any) -> bytes:
-    """RFC 8785 (JCS) bytes of a JSON value: sorted keys, no whitespace, UTF-8."""
-    return bytes(rfc8785.dumps(value))
+    """RFC 8785 (JCS) bytes of a JSON value: sorted keys, no whitespace, UTF-8.
+
+    Raises:
+        InputError: an integer beyond ±2^53, which JSON numbers cannot hold exactly.
+    """
+    try:
+        return bytes(rfc8785.dumps(value))
+    except rfc8785.IntegerDomainError as exc:
+        raise InputError(
+            f"{exc}: identities are RFC 8785 JSON, whose numbers are exact only up to 2^53",
+            hint="write it as a string",
+        ) from exc
 
 
 def digest_bytes(data: bytes) -> str:
@@ -52,7 +64,7 @@ def tree_entries(root: Path, paths: Iterable[str]) -> list[dict[str, Any]]:
     Symlinks are recorded by their target text, never followed; directories are implied by
     the files in them. Mtimes, owners and other modes are not identity.
     """
-    entries = []
+    entries: list[dict[str, Any]] = []
     for rel in sorted(set(paths)):
         full = root / rel
         st = full.lstat()
@@ -77,7 +89,7 @@ def tree_digest(root: Path, paths: Iterable[str]) -> str:
 
 def walk_files(root: Path) -> list[str]:
     """Every file and symlink under root, relative and '/'-separated, sorted."""
-    found = []
+    found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         base = Path(dirpath).relative_to(root)

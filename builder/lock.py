@@ -1,4 +1,4 @@
-"""`repro lock`: resolve a recipe into `lockfiles/<name>/pylock.toml` + `repro.lock`, and check it."""
+"""`repro lock`: resolve a recipe into lockfiles/<name>/{pylock.toml,repro.lock}; check it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from builder import hashing, pylock
 from builder.errors import CheckFailed, InputError, LockfileError
 from builder.pylock import Package
 from builder.recipe import Recipe
-from builder.resolve import MachineSources, resolve
+from builder.resolve import NO_MACHINE_SOURCES, MachineSources, resolve
 from builder.store import atomic_write
 
 LOCK_VERSION = 1
@@ -78,7 +78,7 @@ def write_lock(
     recipe: Recipe,
     *,
     resolver: str = "uv",
-    machine: MachineSources = MachineSources(),
+    machine: MachineSources = NO_MACHINE_SOURCES,
     offline: bool = False,
 ) -> LockResult:
     """Resolve the recipe and write its lock files, rewriting them only when bytes change.
@@ -95,8 +95,7 @@ def write_lock(
     packages = resolve(recipe, resolver, machine, offline=offline)
     pylock_text = pylock.dumps(packages, recipe.environment.python, recipe.environment.platform)
     identity = env_id(recipe, packages)
-    lock_text = _repro_lock_text(recipe, identity, hashing.digest_bytes(pylock_text.encode()),
-                                 resolver)
+    lock_text = _repro_lock_text(recipe, identity, hashing.digest_bytes(pylock_text.encode()))
     changed = False
     for name, text in ((PYLOCK, pylock_text), (REPRO_LOCK, lock_text)):
         path = recipe.lock_dir / name
@@ -107,7 +106,7 @@ def write_lock(
     return LockResult(recipe.name, identity, recipe.lock_dir / REPRO_LOCK, changed, len(packages))
 
 
-def _repro_lock_text(recipe: Recipe, identity: str, pylock_digest: str, resolver: str) -> str:
+def _repro_lock_text(recipe: Recipe, identity: str, pylock_digest: str) -> str:
     inputs = recipe.env_inputs()
     doc = tomlkit.document()
     for line in _HEADER.splitlines():
@@ -115,7 +114,6 @@ def _repro_lock_text(recipe: Recipe, identity: str, pylock_digest: str, resolver
     doc["version"] = LOCK_VERSION
     doc["env"] = identity
     doc["pylock"] = pylock_digest
-    doc["resolver"] = resolver
     interp = tomlkit.inline_table()
     interp.update({"implementation": "cpython", "version": recipe.environment.python})
     doc["interpreter"] = interp

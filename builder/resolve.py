@@ -7,6 +7,7 @@ written into the lock under the declared source it stands for, never as a host p
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import platform as host_platform
 import re
@@ -40,6 +41,9 @@ class MachineSources:
         return bool(self.find_links)
 
 
+NO_MACHINE_SOURCES = MachineSources()
+
+
 def source_args(recipe: Recipe, machine: MachineSources) -> list[str]:
     """Index and find-links flags for uv or pip: the machine's when given, else the recipe's."""
     if machine:
@@ -52,7 +56,7 @@ def source_args(recipe: Recipe, machine: MachineSources) -> list[str]:
 
 
 def resolve(
-    recipe: Recipe, resolver: str = "uv", machine: MachineSources = MachineSources(),
+    recipe: Recipe, resolver: str = "uv", machine: MachineSources = NO_MACHINE_SOURCES,
     *, offline: bool = False,
 ) -> list[Package]:
     """The locked packages for a recipe, with every URL one a user elsewhere can fetch.
@@ -173,9 +177,17 @@ def _index_files(name: str, recipe: Recipe, machine: MachineSources) -> list[Art
                 data = json.load(response)
         except OSError:
             continue
-        files += [Artefact(f["url"], f["hashes"]["sha256"], f.get("size"))
+        files += [Artefact(f["url"], f["hashes"]["sha256"], f.get("size"),
+                           _upload_time(f.get("upload-time")))
                   for f in data.get("files", []) if "sha256" in f.get("hashes", {})]
     return files
+
+
+def _upload_time(text: str | None) -> dt.datetime | None:
+    """PEP 700 upload time, to the second (as uv writes it), in UTC."""
+    if not text:
+        return None
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).replace(microsecond=0)
 
 
 def _project_of(filename: str) -> str:

@@ -1,0 +1,442 @@
+"""Recipe schema 1: checks parsed TOML key by key and builds the frozen Recipe objects.
+
+Every error carries the file, the line, the key path and a fix.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
+from builder.errors import RecipeError, did_you_mean
+from builder.recipe import (
+    PLATFORMS,
+    SCHEMA,
+    SECTIONS,
+    SOURCE_KINDS,
+    STANDARDS,
+    Code,
+    DataInput,
+    Environment,
+    Image,
+    Nondeterminism,
+    Recipe,
+    Reproducibility,
+    Source,
+    Tolerance,
+    Train,
+    line_text,
+)
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_PYTHON = re.compile(r"^3\.\d+(\.\d+)?$")
+_ACCELERATOR = re.compile(r"^(cpu|cuda(-\d+(\.\d+)?)?|rocm(-\d+(\.\d+)?)?)$")
+_DEB = re.compile(r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?$")
+_BASE = re.compile(r"^[a-z0-9][\w./:-]*(@sha256:(?P<digest>[0-9a-f]*))?$")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+class Validator:
+    """Reads the parsed TOML section by section; every error carries file, line and key."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.lines = text.splitlines()
+
+    # -- errors -------------------------------------------------------------------------
+    def error(self, key: str, problem: str, hint: str = "") -> RecipeError:
+        line = self._locate(key)
+        return RecipeError(
+            self.path,
+            problem,
+            key=key,
+            line=line,
+            source_line=line_text("\n".join(self.lines), line),
+            hint=hint,
+        )
+
+    def _locate(self, key: str) -> int | None:
+        """The line of a dotted key path: its `key =` under the right [header], or the header."""
+        parts = [p for p in re.sub(r"\[\d+\]", "", key).split(".") if p]
+        for split in range(len(parts) - 1, -1, -1):
+            header, name = ".".join(parts[:split]), parts[split]
+            found = self._find(header, name)
+            if found:
+                return found
+        return self._find(parts[0], None) if parts else None
+
+    def _find(self, header: str, name: str | None) -> int | None:
+        current = ""
+        for number, raw in enumerate(self.lines, 1):
+            line = raw.strip()
+            m = re.match(r"^\[\[?\s*([^\]]+?)\s*\]\]?", line)
+            if m:
+                current = m.group(1).replace('"', "")
+                if name is None and current == header:
+                    return number
+                continue
+            if name is not None and current == header \
+                    and re.match(rf'^"?{re.escape(name)}"?\s*=', line):
+                return number
+        return None
+
+    # -- typed readers ------------------------------------------------------------------
+    def table(self, value: Any, key: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.error(key, f"`{key}` must be a table, not {_kind(value)}")
+        for name in value:
+            if name not in allowed:
+                full = f"{key}.{name}" if key else name
+                raise self.error(
+                    full,
+                    f"unknown key `{full}`{did_you_mean(name, allowed)}",
+                    hint=f"allowed here: {', '.join(allowed)} (see docs/recipe.md)",
+                )
+        return value
+
+    def string(self, t: dict[str, Any], key: str, name: str, default: Any = ...) -> Any:
+        if name not in t:
+            if default is ...:
+                raise self.error(f"{key}.{name}", f"missing required key `{key}.{name}`")
+            return default
+        value = t[name]
+        if not isinstance(value, str):
+            raise self.error(
+                f"{key}.{name}", f"`{key}.{name}` must be a string, not {_kind(value)}",
+                hint=f'quote it: {name} = "{value}"' if isinstance(value, int | float) else "",
+            )
+        return value
+
+    def choice(self, t: dict[str, Any], key: str, name: str, choices: tuple[str, ...]) -> str:
+        value = self.string(t, key, name, choices[0])
+        if value not in choices:
+            raise self.error(
+                f"{key}.{name}",
+                f"`{key}.{name}` is {value!r}{did_you_mean(value, choices)}",
+                hint=f"use one of: {', '.join(choices)}",
+            )
+        return str(value)
+
+    def integer(self, t: dict[str, Any], key: str, name: str, default: Any, low: int = 0) -> Any:
+        value = t.get(name, default)
+        if value is default:
+            return default
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise self.error(
+                f"{key}.{name}", f"`{key}.{name}` must be an integer, not {_kind(value)}"
+            )
+        if value < low:
+            raise self.error(f"{key}.{name}", f"`{key}.{name}` must be at least {low}")
+        return value
+
+    def number(self, t: dict[str, Any], key: str, name: str) -> float | None:
+        value = t.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            raise self.error(
+                f"{key}.{name}", f"`{key}.{name}` must be a number >= 0, not {value!r}"
+            )
+        return float(value)
+
+    def strings(self, t: dict[str, Any], key: str, name: str, default: Any = ()) -> Any:
+        if name not in t:
+            if default is ...:
+                raise self.error(f"{key}.{name}", f"missing required key `{key}.{name}`")
+            return tuple(default)
+        value = t[name]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.error(
+                f"{key}.{name}",
+                f"`{key}.{name}` must be an array of strings, not {_kind(value)}",
+                hint=f'write it as {name} = ["…", "…"]',
+            )
+        return tuple(value)
+
+    def string_table(self, t: dict[str, Any], key: str, name: str) -> dict[str, str]:
+        value = t.get(name, {})
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise self.error(
+                f"{key}.{name}", f"`{key}.{name}` must be a table of strings, not {_kind(value)}"
+            )
+        return dict(value)
+
+    # -- sections -----------------------------------------------------------------------
+    def recipe(self, data: dict[str, Any]) -> Recipe:
+        self.table(data, "", SECTIONS)
+        if "recipe" not in data:
+            raise self.error("recipe", "missing the [recipe] section", hint=_RECIPE_HINT)
+        head = self.table(data["recipe"], "recipe", ("name", "schema", "description"))
+        name = self.string(head, "recipe", "name")
+        if not _NAME.match(name):
+            raise self.error(
+                "recipe.name",
+                f"`recipe.name` {name!r} is not a valid name",
+                hint="use lower-case letters, digits, '.', '_' and '-' "
+                     "(it names lockfiles/<name>/)",
+            )
+        schema = self.integer(head, "recipe", "schema", ..., low=1)
+        if schema is ...:
+            raise self.error("recipe.schema", "missing required key `recipe.schema`",
+                             hint=f"add schema = {SCHEMA} under [recipe]")
+        if schema != SCHEMA:
+            raise self.error(
+                "recipe.schema",
+                f"`recipe.schema` is {schema}; this repro reads schema {SCHEMA}",
+                hint=f"set schema = {SCHEMA}, or upgrade repro",
+            )
+        if "environment" not in data:
+            raise self.error("environment", "missing the [environment] section",
+                             hint='add [environment] with at least python = "3.11"')
+        train = self.train(data["train"]) if "train" in data else None
+        data_inputs = self.data(data.get("data", {}))
+        if train is not None:
+            self.placeholders(train, data_inputs)
+        return Recipe(
+            path=self.path,
+            name=name,
+            description=self.string(head, "recipe", "description", ""),
+            schema=schema,
+            environment=self.environment(data["environment"]),
+            image=self.image(data.get("image", {})),
+            code=self.code(data.get("code", {})),
+            data=data_inputs,
+            train=train,
+            reproducibility=self.reproducibility(data.get("reproducibility", {}), train),
+        )
+
+    def environment(self, value: Any) -> Environment:
+        key = "environment"
+        t = self.table(value, key, ("python", "platform", "dependencies", "accelerator",
+                                    "sources", "exclude-newer", "system-packages"))
+        python = self.string(t, key, "python")
+        if not _PYTHON.match(python):
+            raise self.error(f"{key}.python", f"`{key}.python` {python!r} is not a version",
+                             hint='write a CPython version such as "3.11" or "3.11.7"')
+        platform = self.choice(t, key, "platform", tuple(PLATFORMS))
+        accelerator = self.string(t, key, "accelerator", "cpu")
+        if not _ACCELERATOR.match(accelerator):
+            raise self.error(f"{key}.accelerator",
+                             f"`{key}.accelerator` {accelerator!r} is unknown",
+                             hint='use "cpu", "cuda", "cuda-12.4", "rocm" or "rocm-6.2"')
+        dependencies = tuple(
+            self.requirement(i, s) for i, s in enumerate(self.strings(t, key, "dependencies"))
+        )
+        names = [canonicalize_name(r.name) for r in map(Requirement, dependencies)
+                 if r.marker is None]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise self.error(f"{key}.dependencies", f"`{key}.dependencies` names {dupes[0]} twice",
+                             hint="merge the specifiers into one requirement")
+        system = self.strings(t, key, "system-packages")
+        for pkg in system:
+            if not _DEB.match(pkg):
+                raise self.error(f"{key}.system-packages",
+                                 f"`{key}.system-packages` entry {pkg!r} is not a Debian package",
+                                 hint='write "name" or "name=version", e.g. "libgomp1=12.2.0-14"')
+        return Environment(
+            python=python,
+            platform=platform,
+            dependencies=dependencies,
+            accelerator=accelerator,
+            sources=self.sources(t.get("sources", [])),
+            exclude_newer=self.exclude_newer(t),
+            system_packages=system,
+        )
+
+    def requirement(self, index: int, text: str) -> str:
+        key = "environment.dependencies"
+        try:
+            req = Requirement(text)
+        except InvalidRequirement as exc:
+            raise self.error(key, f"`{key}[{index}]` {text!r} is not a valid requirement: {exc}",
+                             hint='write PEP 508 requirements such as "numpy>=2,<3"') from exc
+        if req.url and req.url.startswith("file:"):
+            raise self.error(key, f"`{key}[{index}]` {text!r} points at a local file",
+                             hint="a host path cannot be locked; publish it to an index or "
+                                  "declare a source in [[environment.sources]]")
+        return str(req)
+
+    def exclude_newer(self, t: dict[str, Any]) -> str | None:
+        key = "environment.exclude-newer"
+        value = t.get("exclude-newer")
+        if value is None:
+            return None
+        if isinstance(value, dt.datetime | dt.date):
+            return value.isoformat()
+        if isinstance(value, str):
+            try:
+                (dt.date if len(value) == 10 else dt.datetime).fromisoformat(value)
+            except ValueError:
+                pass
+            else:
+                return value
+        raise self.error(key, f"`{key}` {value!r} is not a date",
+                         hint='write a date such as "2026-11-01" or "2026-11-01T00:00:00Z"')
+
+    def sources(self, value: Any) -> tuple[Source, ...]:
+        key = "environment.sources"
+        if not isinstance(value, list):
+            raise self.error(key, f"`{key}` must be an array of tables",
+                             hint="write each source as [[environment.sources]]")
+        out = []
+        for i, item in enumerate(value):
+            k = f"{key}[{i}]"
+            t = self.table(item, k, ("url", "kind", "packages"))
+            url = self.string(t, k, "url")
+            if not re.match(r"^https?://", url):
+                raise self.error(f"{k}.url", f"`{k}.url` {url!r} is not an http(s) URL",
+                                 hint="a recipe is shared, so its sources are URLs; give a local "
+                                      "folder for this machine with --find-links instead")
+            packages = tuple(canonicalize_name(p) for p in self.strings(t, k, "packages"))
+            out.append(Source(url.rstrip("/"), self.choice(t, k, "kind", SOURCE_KINDS), packages))
+        return tuple(out)
+
+    def image(self, value: Any) -> Image:
+        key = "image"
+        t = self.table(value, key, ("base", "workdir", "entrypoint", "env", "labels", "mtime"))
+        base = self.string(t, key, "base", "scratch")
+        m = _BASE.match(base)
+        if base != "scratch" and (not m or (m.group("digest") is not None
+                                            and len(m.group("digest")) != 64)):
+            raise self.error("image.base", f"`image.base` {base!r} is not an image reference",
+                             hint='write "scratch" or "registry/name@sha256:<64 hex digits>"')
+        workdir = self.string(t, key, "workdir", "/work")
+        if not workdir.startswith("/"):
+            raise self.error("image.workdir", f"`image.workdir` {workdir!r} must be absolute")
+        return Image(
+            base=base,
+            workdir=workdir,
+            entrypoint=self.strings(t, key, "entrypoint"),
+            env=self.string_table(t, key, "env"),
+            labels=self.string_table(t, key, "labels"),
+            mtime=self.integer(t, key, "mtime", 0),
+        )
+
+    def code(self, value: Any) -> Code:
+        t = self.table(value, "code", ("include", "exclude"))
+        return Code(self.strings(t, "code", "include", ("**",)), self.strings(t, "code", "exclude"))
+
+    def data(self, value: Any) -> tuple[DataInput, ...]:
+        if not isinstance(value, dict):
+            raise self.error("data", "`data` must be a table of named inputs")
+        out = []
+        for name, item in sorted(value.items()):
+            k = f"data.{name}"
+            if not isinstance(item, dict):
+                raise self.error(k, f"`{k}` must be a table, not {_kind(item)}",
+                                 hint=f'write {name} = {{ path = "…" }}')
+            t = self.table(item, k, ("path", "description"))
+            out.append(DataInput(name, self.string(t, k, "path"),
+                                 self.string(t, k, "description", "")))
+        return tuple(out)
+
+    def train(self, value: Any) -> Train:
+        key = "train"
+        t = self.table(value, key, ("command", "seed", "seeds", "params", "outputs", "metrics",
+                                    "env", "threads"))
+        command = self.strings(t, key, "command", ...)
+        if not command:
+            raise self.error("train.command", "`train.command` is empty",
+                             hint='write the argv, e.g. ["python", "train.py"]')
+        if "seed" in t and "seeds" in t:
+            raise self.error("train.seeds", "give `train.seed` or `train.seeds`, not both")
+        seeds = t.get("seeds", [t.get("seed", 0)])
+        if (not isinstance(seeds, list) or not seeds
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                           for s in seeds)):
+            which = "seeds" if "seeds" in t else "seed"
+            raise self.error(f"train.{which}", f"`train.{which}` must be a non-negative integer"
+                             + (" array" if which == "seeds" else ""))
+        params = t.get("params", {})
+        if not isinstance(params, dict):
+            raise self.error("train.params", "`train.params` must be a table")
+        for name, v in params.items():
+            if not isinstance(v, str | int | float | bool):
+                raise self.error(f"train.params.{name}",
+                                 f"`train.params.{name}` must be a string, number or boolean, "
+                                 f"not {_kind(v)}")
+        outputs = self.strings(t, key, "outputs")
+        metrics = self.string(t, key, "metrics", None)
+        for i, out in enumerate([*outputs, *([metrics] if metrics else [])]):
+            p = PurePosixPath(out)
+            if p.is_absolute() or ".." in p.parts or not out:
+                which = f"outputs[{i}]" if i < len(outputs) else "metrics"
+                raise self.error(f"train.{which}", f"`train.{which}` {out!r} must be a relative "
+                                 "path inside the project")
+        return Train(
+            command=command,
+            seeds=tuple(seeds),
+            params=params,
+            outputs=outputs,
+            metrics=metrics,
+            env=self.string_table(t, key, "env"),
+            threads=self.integer(t, key, "threads", None, low=1),
+        )
+
+    def placeholders(self, train: Train, data: tuple[DataInput, ...]) -> None:
+        known = {"seed", *(f"params.{p}" for p in train.params), *(f"data.{d.name}" for d in data)}
+        for arg in train.command:
+            for name in _PLACEHOLDER.findall(arg):
+                if name not in known:
+                    raise self.error("train.command",
+                                     f"`train.command` uses {{{name}}}, which is not defined"
+                                     f"{did_you_mean(name, known)}",
+                                     hint="placeholders are {seed}, {params.NAME} and {data.NAME}")
+
+    def reproducibility(self, value: Any, train: Train | None) -> Reproducibility:
+        key = "reproducibility"
+        t = self.table(value, key, ("standard", "tolerance", "nondeterminism", "evaluate"))
+        standard = self.choice(t, key, "standard", STANDARDS)
+        tolerance = {}
+        raw = t.get("tolerance", {})
+        if not isinstance(raw, dict):
+            raise self.error("reproducibility.tolerance", "`reproducibility.tolerance` must be a "
+                             "table of metric = { abs = …, rel = … }")
+        for metric, bound in raw.items():
+            tolerance[metric] = self.tolerance(bound, f"reproducibility.tolerance.{metric}")
+        nondet = []
+        raw_nd = t.get("nondeterminism", [])
+        if not isinstance(raw_nd, list):
+            raise self.error("reproducibility.nondeterminism",
+                             "write each source as [[reproducibility.nondeterminism]]")
+        for i, item in enumerate(raw_nd):
+            k = f"reproducibility.nondeterminism[{i}]"
+            nd = self.table(item, k, ("source", "reason", "metric", "abs", "rel"))
+            nondet.append(Nondeterminism(
+                source=self.string(nd, k, "source"),
+                reason=self.string(nd, k, "reason"),
+                metric=self.string(nd, k, "metric", None),
+                tolerance=Tolerance(self.number(nd, k, "abs"), self.number(nd, k, "rel")),
+            ))
+        evaluate = self.strings(t, key, "evaluate")
+        if standard == "functional" and not evaluate:
+            raise self.error("reproducibility.evaluate",
+                             "a `functional` standard needs `reproducibility.evaluate`",
+                             hint='give the evaluation command, e.g. ["python", "eval.py"]')
+        if standard in ("statistical", "functional") and not tolerance:
+            raise self.error("reproducibility.tolerance",
+                             f"a `{standard}` standard needs at least one metric tolerance",
+                             hint="add tolerance = { accuracy = { abs = 0.01 } }")
+        return Reproducibility(standard, tolerance, tuple(nondet), evaluate)
+
+    def tolerance(self, value: Any, key: str) -> Tolerance:
+        t = self.table(value, key, ("abs", "rel"))
+        tol = Tolerance(self.number(t, key, "abs"), self.number(t, key, "rel"))
+        if tol.abs is None and tol.rel is None:
+            raise self.error(key, f"`{key}` needs `abs`, `rel` or both")
+        return tol
+
+
+_RECIPE_HINT = 'start the file with [recipe] name = "my-model" and schema = 1'
+
+
+def _kind(value: Any) -> str:
+    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number",
+             list: "an array", dict: "a table"}
+    return names.get(type(value), type(value).__name__)

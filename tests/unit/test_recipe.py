@@ -1,0 +1,159 @@
+"""Recipe parsing: typed objects from the default recipe, and a clear error for each bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from builder.errors import RecipeError, RecipeNotFoundError
+from builder.recipe import find_recipe, load_recipe, parse_recipe
+from tests.conftest import ROOT, gen
+
+P = Path("/proj/repro.toml")
+HEAD = '[recipe]\nname = "demo"\nschema = 1\n\n[environment]\npython = "3.11"\n'
+
+
+def parse(text: str):  # type: ignore[no-untyped-def]
+    return parse_recipe(text, P)
+
+
+def test_default_recipe_parses_into_typed_frozen_objects() -> None:
+    r = load_recipe(ROOT / "repro.toml")
+    assert r.name == "digits-logreg"
+    assert r.environment.python == "3.11"
+    assert r.environment.dependencies == ("numpy<3,>=2",)
+    assert r.environment.exclude_newer == "2026-11-01"
+    assert r.train is not None
+    assert r.train.seeds == (7,)
+    assert r.train.params == {"lr": 0.5, "epochs": 200}
+    assert [d.name for d in r.data] == ["train"]
+    assert r.reproducibility.standard == "bitwise"
+    assert r.lock_dir == ROOT / "lockfiles" / "digits-logreg"
+    with pytest.raises(AttributeError):
+        r.name = "other"  # type: ignore[misc]
+
+
+def test_every_section_parses() -> None:
+    r = parse(HEAD + '''platform = "linux/aarch64"
+accelerator = "cuda-12.4"
+system-packages = ["libgomp1=12.2.0-14"]
+exclude-newer = 2026-11-01
+[[environment.sources]]
+url = "https://download.pytorch.org/whl/cpu/"
+packages = ["Torch"]
+[image]
+base = "registry.local/python@sha256:''' + "a" * 64 + '''"
+entrypoint = ["python"]
+labels = { team = "ml" }
+mtime = 1700000000
+[code]
+include = ["src/**"]
+exclude = ["src/scratch/**"]
+[train]
+command = ["python", "-m", "src.train", "{params.lr}"]
+seeds = [1, 2, 3]
+params = { lr = 0.1 }
+threads = 1
+env = { OMP_NUM_THREADS = "1" }
+[reproducibility]
+standard = "statistical"
+tolerance = { accuracy = { abs = 0.01 }, loss = { rel = 0.05, abs = 0.1 } }
+[[reproducibility.nondeterminism]]
+source = "cuda atomics"
+reason = "scatter_add on GPU"
+metric = "loss"
+abs = 0.001
+''')
+    assert r.environment.platform == "linux/aarch64"
+    assert r.environment.uv_platform == "aarch64-manylinux_2_28"
+    assert r.environment.exclude_newer == "2026-11-01"
+    assert r.environment.sources[0].url == "https://download.pytorch.org/whl/cpu"
+    assert r.environment.sources[0].packages == ("torch",)
+    assert r.image.pinned
+    assert r.train is not None
+    assert r.train.seeds == (1, 2, 3)
+    assert r.reproducibility.tolerance["loss"].rel == 0.05
+    assert r.reproducibility.nondeterminism[0].tolerance.abs == 0.001
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        # malformed TOML: file, line, the line itself, how to fix
+        (HEAD + "[train\n", r"repro\.toml:7: not valid TOML(?s:.*)7 \| \[train(?s:.*)hint: fix the TOML"),
+        # unknown keys with did-you-mean, at the right line
+        (HEAD + 'pyton = "3.11"\n', r"repro\.toml:7: unknown key `environment\.pyton` \(did you mean 'python'\?\)"),
+        (HEAD + '[trian]\ncommand = ["x"]\n', r"repro\.toml:7: unknown key `trian` \(did you mean 'train'\?\)"),
+        (HEAD + '[train]\ncommand = ["x"]\nparms = {}\n', r":9: unknown key `train\.parms` \(did you mean 'params'\?\)"),
+        # wrong types
+        (HEAD.replace('"3.11"', "3.11"), r":6: `environment\.python` must be a string, not a number(?s:.*)quote it"),
+        (HEAD + 'dependencies = "numpy"\n', r":7: `environment\.dependencies` must be an array of strings"),
+        (HEAD + "[train]\ncommand = []\n", r"`train\.command` is empty"),
+        (HEAD + '[train]\ncommand = ["x"]\nseed = "7"\n', r"`train\.seed` must be a non-negative integer"),
+        (HEAD + '[train]\ncommand = ["x"]\nparams = { lr = [1] }\n', r"`train\.params\.lr` must be a string, number or boolean"),
+        # invalid values
+        (HEAD + 'dependencies = ["numpy>>2"]\n', r":7: `environment\.dependencies\[0\]` 'numpy>>2' is not a valid requirement"),
+        (HEAD + 'dependencies = ["x @ file:///home/me/x.whl"]\n', r"points at a local file(?s:.*)host path"),
+        (HEAD.replace('"3.11"', '"three"'), r"`environment\.python` 'three' is not a version"),
+        (HEAD + 'platform = "linux/x86"\n', r"`environment\.platform` is 'linux/x86' \(did you mean 'linux/x86_64'\?\)"),
+        (HEAD + 'exclude-newer = "yesterday"\n', r"`environment\.exclude-newer` 'yesterday' is not a date"),
+        (HEAD + '[[environment.sources]]\nurl = "/opt/wheels"\n', r"not an http\(s\) URL(?s:.*)--find-links"),
+        (HEAD + 'system-packages = ["Bad Name"]\n', r"is not a Debian package"),
+        (HEAD + '[image]\nbase = "python@sha256:abc"\n', r"`image\.base` 'python@sha256:abc' is not an image reference"),
+        (HEAD + '[train]\ncommand = ["x", "{params.lrr}"]\nparams = { lr = 1 }\n', r"uses \{params\.lrr\}, which is not defined \(did you mean 'params\.lr'\?\)"),
+        (HEAD + '[train]\ncommand = ["x"]\noutputs = ["../model.pt"]\n', r"`train\.outputs\[0\]` '\.\./model\.pt' must be a relative path"),
+        (HEAD + '[train]\ncommand = ["x"]\nseed = 1\nseeds = [1]\n', r"not both"),
+        (HEAD + '[reproducibility]\nstandard = "bitwize"\n', r"is 'bitwize' \(did you mean 'bitwise'\?\)"),
+        (HEAD + '[reproducibility]\nstandard = "statistical"\n', r"needs at least one metric tolerance"),
+        (HEAD + '[reproducibility]\nstandard = "functional"\ntolerance = { a = { abs = 1 } }\n', r"needs `reproducibility\.evaluate`"),
+        (HEAD + '[reproducibility]\ntolerance = { acc = { abs = -1 } }\n', r"must be a number >= 0"),
+        (HEAD + '[data]\ntrain = "data.csv"\n', r"`data\.train` must be a table(?s:.*)train = \{ path"),
+        # missing required parts
+        ('[environment]\npython = "3.11"\n', r"missing the \[recipe\] section"),
+        ('[recipe]\nname = "x"\n[environment]\npython = "3.11"\n', r"missing required key `recipe\.schema`"),
+        ('[recipe]\nname = "x"\nschema = 2\n[environment]\npython = "3.11"\n', r"schema 1"),
+        ('[recipe]\nname = "Bad Name"\nschema = 1\n', r"is not a valid name"),
+        ('[recipe]\nname = "x"\nschema = 1\n', r"missing the \[environment\] section"),
+        (HEAD.replace('python = "3.11"\n', ""), r"missing required key `environment\.python`"),
+    ],
+)
+def test_bad_recipes_name_file_line_key_and_fix(text: str, match: str) -> None:
+    with pytest.raises(RecipeError, match=match) as info:
+        parse(text)
+    assert str(info.value).startswith("/proj/repro.toml")
+    assert info.value.exit_code == 2
+
+
+def test_digest_ignores_comments_order_sources_and_descriptions() -> None:
+    base = parse(HEAD + 'dependencies = ["numpy>=2"]\n[train]\ncommand = ["python", "t.py"]\n'
+                 'params = { lr = 0.1, epochs = 3 }\n')
+    reordered = parse(
+        '# a comment\n[train]\nparams = { epochs = 3, lr = 0.1 }\ncommand = ["python", "t.py"]\n'
+        '[environment]\ndependencies = ["numpy >= 2"]  # spaces are not identity\npython = "3.11"\n'
+        '[[environment.sources]]\nurl = "https://mirror.example/simple"\n'
+        '[recipe]\nschema = 1\nname = "demo"\ndescription = "words"\n'
+    )
+    assert reordered.digest() == base.digest()
+    changed = parse(HEAD + 'dependencies = ["numpy>=2"]\n[train]\ncommand = ["python", "t.py"]\n'
+                    'params = { lr = 0.2, epochs = 3 }\n')
+    assert changed.digest() != base.digest()
+
+
+def test_env_inputs_cover_only_what_a_lock_is_resolved_from() -> None:
+    a = parse(HEAD + 'dependencies = ["b", "a"]\n[train]\ncommand = ["x"]\nseed = 1\n')
+    b = parse(HEAD + 'dependencies = ["a", "b"]\n[train]\ncommand = ["x"]\nseed = 2\n')
+    assert a.env_inputs() == b.env_inputs()
+    assert a.env_inputs()["dependencies"] == ["a", "b"]
+
+
+def test_find_recipe_walks_up_and_explains_when_there_is_none(tmp_path: Path) -> None:
+    gen(tmp_path, {"repro.toml": HEAD, "a": {"b": {}}})
+    assert find_recipe(cwd=tmp_path / "a" / "b") == tmp_path / "repro.toml"
+    assert find_recipe(tmp_path) == tmp_path / "repro.toml"
+    with pytest.raises(RecipeNotFoundError, match=r"no recipe at .*missing\.toml(?s:.*)--recipe"):
+        find_recipe(tmp_path / "missing.toml")
+    lonely = tmp_path.parent / "lonely"
+    lonely.mkdir()
+    with pytest.raises(RecipeNotFoundError, match=r"no repro\.toml in .*lonely or any parent"):
+        find_recipe(cwd=lonely)
