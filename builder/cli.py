@@ -46,7 +46,8 @@ class _Group(click.Group):
         name = args[0] if args else ""
         if name and not name.startswith("-") and self.get_command(ctx, name) is None:
             raise click.UsageError(
-                f"no such command '{name}'{did_you_mean(name, self.list_commands(ctx))}", ctx
+                f"no such command '{name}'{did_you_mean(name, self.list_commands(ctx), 0.5)}",
+                ctx,
             )
         return super().resolve_command(ctx, args)
 
@@ -262,9 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.exit_code)
     except click.ClickException as exc:
         return _fail(errors.EXIT_INPUT, "UsageError", exc.format_message(), "", exc)
-    except click.exceptions.Abort:
-        return _fail(EXIT_INTERRUPTED, "Interrupted", "interrupted", "", None)
-    except KeyboardInterrupt:
+    except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
         return _fail(EXIT_INTERRUPTED, "Interrupted",
                      "interrupted; nothing half-built was left in the store", "", None)
     return code if isinstance(code, int) else 0

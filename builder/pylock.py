@@ -156,9 +156,13 @@ def _artefact(raw: dict[str, Any], package: dict[str, Any]) -> Artefact:
 
 
 def requirements_txt(packages: list[Package]) -> str:
-    """The lock as a hash-pinned requirements file: what the installer is given."""
+    """The lock as a hash-pinned requirements file: what the installer is given.
+
+    Only the wheels' hashes are allowed where a package has wheels, so the installer can
+    never fall back to building the sdist (slow, and not the artefact that was locked).
+    """
     lines = []
     for pkg in sorted(packages, key=lambda p: p.name):
-        hashes = " ".join(f"--hash=sha256:{a.sha256}" for a in pkg.artefacts)
+        hashes = " ".join(f"--hash=sha256:{a.sha256}" for a in (pkg.wheels or pkg.artefacts))
         lines.append(f"{pkg.name}=={pkg.version} {hashes}")
     return "\n".join(lines) + "\n"
