@@ -129,8 +129,10 @@ def cli() -> None:
               show_default=True, help="The resolver.")
 @click.option("--check", "check_only", is_flag=True,
               help="Do not resolve: exit 1 if the lock no longer matches the recipe.")
+@click.option("-U", "--upgrade", is_flag=True,
+              help="Ignore the versions in the current lock; take the newest allowed.")
 def lock_cmd(recipe: str | None, machine: Any, offline: bool, resolver: str,
-             check_only: bool) -> None:
+             check_only: bool, upgrade: bool) -> None:
     """Resolve the recipe into lockfiles/<name>/pylock.toml and repro.lock."""
     from builder import lock  # noqa: PLC0415
 
@@ -143,7 +145,8 @@ def lock_cmd(recipe: str | None, machine: Any, offline: bool, resolver: str,
         return
     OUT.say(f"Resolving {r.name} with {resolver} for Python {r.environment.python} "
             f"on {r.environment.platform}")
-    result = lock.write_lock(r, resolver=resolver, machine=machine, offline=offline)
+    result = lock.write_lock(r, resolver=resolver, machine=machine, offline=offline,
+                             upgrade=upgrade)
     verb = "Wrote" if result.changed else "Unchanged:"
     _emit(result.to_json(), f"{verb} {result.lockfile.parent} ({result.packages} packages, "
                             f"env {result.env})")

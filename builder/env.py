@@ -106,8 +106,8 @@ def _install(
     env = proc.clean_env({"UV_PYTHON_DOWNLOADS": "never"})
     python = recipe.environment.python
     try:
-        proc.run([proc.uv_bin(), "venv", "--relocatable", "--quiet", "--python", python,
-                  "--python-preference", "only-system", str(venv)], env=env)
+        proc.run([proc.uv_bin(), "--no-config", "venv", "--relocatable", "--quiet",
+                  "--python", python, "--python-preference", "only-system", str(venv)], env=env)
     except ToolError as exc:
         if "No interpreter found" in exc.stderr or "not found" in exc.stderr:
             raise InputError(
@@ -119,8 +119,9 @@ def _install(
         raise
     requirements = venv.parent / "requirements.txt"
     requirements.write_text(pylock.requirements_txt(current.packages))
-    argv = [proc.uv_bin(), "pip", "sync", "--quiet", "--require-hashes", "--python",
-            str(venv / "bin" / "python"), *source_args(recipe, machine), str(requirements)]
+    argv = [proc.uv_bin(), "--no-config", "pip", "sync", "--quiet", "--require-hashes",
+            "--python", str(venv / "bin" / "python"), *source_args(recipe, machine),
+            str(requirements)]
     if offline:
         argv.append("--offline")
     try:

@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomlkit
-
 from builder import hashing, pylock
 from builder.errors import CheckFailed, InputError, LockfileError
 from builder.pylock import Package
@@ -80,8 +78,11 @@ def write_lock(
     resolver: str = "uv",
     machine: MachineSources = NO_MACHINE_SOURCES,
     offline: bool = False,
+    upgrade: bool = False,
 ) -> LockResult:
     """Resolve the recipe and write its lock files, rewriting them only when bytes change.
+
+    Versions in the current lock are kept where the recipe still allows them, unless `upgrade`.
 
     Raises:
         InputError: the image base is not pinned by digest.
@@ -92,7 +93,7 @@ def write_lock(
             f"{recipe.path}: image.base {recipe.image.base!r} is not pinned by digest",
             hint="write the base as name@sha256:<digest> so the lock stays reproducible",
         )
-    packages = resolve(recipe, resolver, machine, offline=offline)
+    packages = resolve(recipe, resolver, machine, offline=offline, upgrade=upgrade)
     pylock_text = pylock.dumps(packages, recipe.environment.python, recipe.environment.platform)
     identity = env_id(recipe, packages)
     lock_text = _repro_lock_text(recipe, identity, hashing.digest_bytes(pylock_text.encode()))
@@ -107,6 +108,8 @@ def write_lock(
 
 
 def _repro_lock_text(recipe: Recipe, identity: str, pylock_digest: str) -> str:
+    import tomlkit  # noqa: PLC0415  (only writing needs it)
+
     inputs = recipe.env_inputs()
     doc = tomlkit.document()
     for line in _HEADER.splitlines():

@@ -67,7 +67,10 @@ def run(
 @cache
 def uv_bin() -> str:
     """The uv binary that ships in the `uv` wheel repro depends on."""
-    import uv  # noqa: PLC0415  (finding the binary is only needed when uv runs)
+    beside = Path(sys.executable).parent / "uv"  # where the wheel puts it in a venv
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    import uv  # noqa: PLC0415  (its lookup imports sysconfig: slow, so only as a fallback)
 
     return str(uv.find_uv_bin())
 

@@ -9,10 +9,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import tomlkit
-from packaging.utils import canonicalize_name
-
 from builder.errors import LockfileError
+from builder.recipe import canonical_name
 
 # PEP 751 markers for each target platform of recipe.PLATFORMS.
 _PLATFORM_MARKERS = {
@@ -76,6 +74,8 @@ def environment_marker(python: str, platform: str) -> str:
 
 def dumps(packages: list[Package], python: str, platform: str) -> str:
     """The canonical pylock.toml text: sorted packages, no timestamps of our own, no host paths."""
+    import tomlkit  # noqa: PLC0415  (only writing needs it)
+
     doc = tomlkit.document()
     doc["lock-version"] = "1.0"
     doc["environments"] = [environment_marker(python, platform)]
@@ -102,6 +102,8 @@ def dumps(packages: list[Package], python: str, platform: str) -> str:
 
 
 def _artefact_table(a: Artefact) -> Any:
+    import tomlkit  # noqa: PLC0415
+
     t = tomlkit.inline_table()
     t["url"] = a.url
     if a.upload_time is not None:
@@ -130,7 +132,7 @@ def loads(text: str, path: Path) -> list[Package]:
         try:
             packages.append(
                 Package(
-                    name=str(canonicalize_name(raw["name"])),
+                    name=canonical_name(raw["name"]),
                     version=str(raw["version"]),
                     sdist=_artefact(raw["sdist"], raw) if "sdist" in raw else None,
                     wheels=tuple(_artefact(w, raw) for w in raw.get("wheels", [])),

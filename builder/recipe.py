@@ -55,6 +55,17 @@ class Environment:
     def uv_platform(self) -> str:
         return PLATFORMS[self.platform]
 
+    @property
+    def cutoff(self) -> str | None:
+        """`exclude-newer` as an RFC 3339 instant: a bare date means 00:00 UTC that day.
+
+        uv alone would read a date as a local one, including that day; pip as an instant. One
+        explicit instant makes both resolvers, on every machine, see the same packages.
+        """
+        if self.exclude_newer is None or "T" in self.exclude_newer:
+            return self.exclude_newer
+        return f"{self.exclude_newer}T00:00:00Z"
+
 
 @dataclass(frozen=True)
 class Image:
@@ -196,6 +207,11 @@ class Recipe:
 
 def _tol(t: Tolerance) -> dict[str, float | None]:
     return {"abs": t.abs, "rel": t.rel}
+
+
+def canonical_name(name: str) -> str:
+    """A package name as PEP 503 normalises it (packaging's canonicalize_name, unimported)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def find_recipe(explicit: str | os.PathLike[str] | None = None, cwd: Path | None = None) -> Path:

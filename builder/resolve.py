@@ -11,21 +11,22 @@ import datetime as dt
 import json
 import platform as host_platform
 import re
+import shutil
 import sys
 import tempfile
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
-
-from packaging import tags
-from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from builder import proc
 from builder.errors import InputError, ResolutionError, ToolError
 from builder.pylock import Artefact, Package, loads
-from builder.recipe import Recipe, Source
+from builder.recipe import Recipe, Source, canonical_name
+
+if TYPE_CHECKING:
+    from packaging.tags import Tag
 
 RESOLVERS = ("uv", "pip-tools")
 PYPI = "https://pypi.org/simple"
@@ -57,9 +58,12 @@ def source_args(recipe: Recipe, machine: MachineSources) -> list[str]:
 
 def resolve(
     recipe: Recipe, resolver: str = "uv", machine: MachineSources = NO_MACHINE_SOURCES,
-    *, offline: bool = False,
+    *, offline: bool = False, upgrade: bool = False,
 ) -> list[Package]:
     """The locked packages for a recipe, with every URL one a user elsewhere can fetch.
+
+    The versions already in the recipe's lock are preferred (both resolvers read their
+    output file as preferences) unless `upgrade`, so a re-lock moves only what must move.
 
     Raises:
         ResolutionError: no set of packages satisfies the dependencies.
@@ -71,6 +75,12 @@ def resolve(
     with tempfile.TemporaryDirectory(prefix="repro-lock-") as tmp:
         req = Path(tmp) / "requirements.in"
         req.write_text("".join(d + "\n" for d in recipe.environment.dependencies))
+        current = recipe.lock_dir / "pylock.toml"
+        if current.is_file() and not upgrade:
+            pins = loads(current.read_text(), current)
+            shutil.copyfile(current, req.with_name("pylock.toml"))
+            req.with_name("pins.txt").write_text(
+                "".join(f"{p.name}=={p.version}\n" for p in pins))
         if resolver == "uv":
             packages = _resolve_uv(recipe, machine, req, offline)
         else:
@@ -93,11 +103,12 @@ def _explain(recipe: Recipe, exc: ToolError) -> ResolutionError | ToolError:
 def _resolve_uv(recipe: Recipe, machine: MachineSources, req: Path, offline: bool) -> list[Package]:
     env = recipe.environment
     out = req.with_name("pylock.toml")
-    argv = [proc.uv_bin(), "pip", "compile", req.name, "-o", out.name, "--no-header",
-            "--no-annotate", "--python-version", env.python, "--python-platform",
+    # --no-config: a uv.toml or pyproject.toml above the temp folder must not steer the lock.
+    argv = [proc.uv_bin(), "--no-config", "pip", "compile", req.name, "-o", out.name,
+            "--no-header", "--no-annotate", "--python-version", env.python, "--python-platform",
             env.uv_platform, *source_args(recipe, machine), "--quiet"]
-    if env.exclude_newer:
-        argv += ["--exclude-newer", env.exclude_newer]
+    if env.cutoff:
+        argv += ["--exclude-newer", env.cutoff]
     if offline:
         argv.append("--offline")
     try:
@@ -119,33 +130,37 @@ def _resolve_piptools(recipe: Recipe, machine: MachineSources, req: Path) -> lis
             hint="use --resolver uv, which resolves for any target",
         )
     argv = [sys.executable, "-m", "piptools", "compile", "--generate-hashes", "--no-header",
-            "--no-annotate", "--strip-extras", "--quiet", "--output-file", "-",
-            "--index-url", PYPI, *source_args(recipe, machine), req.name]
-    if env.exclude_newer:
-        cutoff = env.exclude_newer if "T" in env.exclude_newer else env.exclude_newer + "T00:00:00Z"
-        argv += ["--pip-args", f"--uploaded-prior-to {cutoff}"]
+            "--no-annotate", "--strip-extras", "--quiet", "--no-config",
+            "--output-file", "pins.txt", "--index-url", PYPI, *source_args(recipe, machine),
+            req.name]
+    if env.cutoff:
+        argv += ["--pip-args", f"--uploaded-prior-to {env.cutoff}"]
     try:
-        done = proc.run(argv, cwd=req.parent, env=proc.clean_env({"PIP_CONFIG_FILE": "/dev/null"}))
+        proc.run(argv, cwd=req.parent, env=proc.clean_env({"PIP_CONFIG_FILE": "/dev/null"}))
     except ToolError as exc:
         raise _explain(recipe, exc) from exc
+    from packaging.utils import parse_wheel_filename  # noqa: PLC0415
+
     pins = re.findall(r"^([A-Za-z0-9._-]+)==(\S+)((?:\s*\\?\s*--hash=sha256:[0-9a-f]+)+)",
-                      done.stdout, re.MULTILINE)
+                      req.with_name("pins.txt").read_text(), re.MULTILINE)
     compatible = _target_tags(env.python, env.platform)
     packages = []
     for name, version, hash_text in pins:
         hashes = set(re.findall(r"sha256:([0-9a-f]{64})", hash_text))
-        files = _index_files(canonicalize_name(name), recipe, machine)
+        files = _index_files(canonical_name(name), recipe, machine)
         chosen = [a for a in files if a.sha256 in hashes]
         sdists = [a for a in chosen if not a.filename.endswith(".whl")]
         wheels = tuple(a for a in chosen if a.filename.endswith(".whl")
                        and parse_wheel_filename(a.filename)[3] & compatible)
-        packages.append(Package(str(canonicalize_name(name)), version,
+        packages.append(Package(canonical_name(name), version,
                                 sdists[0] if sdists else None, wheels))
     return packages
 
 
-def _target_tags(python: str, platform: str) -> frozenset[tags.Tag]:
+def _target_tags(python: str, platform: str) -> frozenset[Tag]:
     """Wheel tags a target accepts, as uv's --python-platform for that target does."""
+    from packaging import tags  # noqa: PLC0415
+
     major, minor = (int(x) for x in python.split(".")[:2])
     system, arch = platform.split("/")
     if system == "linux":
@@ -162,6 +177,8 @@ def _target_tags(python: str, platform: str) -> frozenset[tags.Tag]:
 
 def _index_files(name: str, recipe: Recipe, machine: MachineSources) -> list[Artefact]:
     """Every file of a project that the sources offer, with sha256 (PEP 691 JSON or a folder)."""
+    import urllib.request  # noqa: PLC0415
+
     files: list[Artefact] = []
     for folder in machine.find_links:
         for path in sorted(Path(folder).glob("*")):
@@ -191,7 +208,7 @@ def _upload_time(text: str | None) -> dt.datetime | None:
 
 
 def _project_of(filename: str) -> str:
-    return str(canonicalize_name(re.split(r"-\d", filename, maxsplit=1)[0]))
+    return str(canonical_name(re.split(r"-\d", filename, maxsplit=1)[0]))
 
 
 def _sha256(path: Path) -> str:

@@ -10,9 +10,6 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
-
 from builder.errors import RecipeError, did_you_mean
 from builder.recipe import (
     PLATFORMS,
@@ -30,6 +27,7 @@ from builder.recipe import (
     Source,
     Tolerance,
     Train,
+    canonical_name,
     line_text,
 )
 
@@ -39,6 +37,24 @@ _ACCELERATOR = re.compile(r"^(cpu|cuda(-\d+(\.\d+)?)?|rocm(-\d+(\.\d+)?)?)$")
 _DEB = re.compile(r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?$")
 _BASE = re.compile(r"^[a-z0-9][\w./:-]*(@sha256:(?P<digest>[0-9a-f]*))?$")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+# The common requirement `name op version, …` (public versions, no wildcards, no ~=), which
+# repro normalises as packaging does, without paying for packaging's parser at every start.
+_SPEC = r"\s*(==|!=|<=|>=|<|>)\s*([0-9]+(?:\.[0-9]+)*(?:(?:a|b|rc)[0-9]+)?(?:\.post[0-9]+)?" \
+        r"(?:\.dev[0-9]+)?)\s*"
+_SIMPLE_REQUIREMENT = re.compile(
+    rf"^\s*([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s*((?:{_SPEC},)*{_SPEC})?$"
+)
+
+
+def normalise_simple_requirement(text: str) -> str | None:
+    """`str(packaging.requirements.Requirement(text))` for simple requirements, else None."""
+    m = _SIMPLE_REQUIREMENT.match(text)
+    if m is None:
+        return None
+    specs = re.findall(_SPEC, m.group(2) or "")
+    if len({op for op, _ in specs}) < len(specs):
+        return None  # packaging merges specifiers equal as versions (==1 and ==1.0): leave it that
+    return m.group(1) + ",".join(sorted(op + v for op, v in specs))
 
 
 class Validator:
@@ -227,8 +243,8 @@ class Validator:
         dependencies = tuple(
             self.requirement(i, s) for i, s in enumerate(self.strings(t, key, "dependencies"))
         )
-        names = [canonicalize_name(r.name) for r in map(Requirement, dependencies)
-                 if r.marker is None]
+        names = [canonical_name(re.split(r"[\s\[;@<>=!~(]", d, maxsplit=1)[0])
+                 for d in dependencies if ";" not in d]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise self.error(f"{key}.dependencies", f"`{key}.dependencies` names {dupes[0]} twice",
@@ -251,6 +267,11 @@ class Validator:
 
     def requirement(self, index: int, text: str) -> str:
         key = "environment.dependencies"
+        simple = normalise_simple_requirement(text)
+        if simple is not None:
+            return simple
+        from packaging.requirements import InvalidRequirement, Requirement  # noqa: PLC0415
+
         try:
             req = Requirement(text)
         except InvalidRequirement as exc:
@@ -293,7 +314,7 @@ class Validator:
                 raise self.error(f"{k}.url", f"`{k}.url` {url!r} is not an http(s) URL",
                                  hint="a recipe is shared, so its sources are URLs; give a local "
                                       "folder for this machine with --find-links instead")
-            packages = tuple(canonicalize_name(p) for p in self.strings(t, k, "packages"))
+            packages = tuple(canonical_name(p) for p in self.strings(t, k, "packages"))
             out.append(Source(url.rstrip("/"), self.choice(t, k, "kind", SOURCE_KINDS), packages))
         return tuple(out)
 

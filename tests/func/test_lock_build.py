@@ -51,9 +51,23 @@ def test_relocking_elsewhere_gives_byte_identical_files(tmp_path: Path, project:
     assert again.json["env"] == r.json["env"]
 
 
-def test_pip_tools_resolves_to_the_same_bytes(project: Path) -> None:
+@pytest.mark.parametrize("resolver", ["uv", "pip-tools"])
+def test_ambient_tool_configuration_cannot_steer_a_lock(
+    tmp_path: Path, project: Path, monkeypatch: pytest.MonkeyPatch, resolver: str,
+) -> None:
+    # uv reads uv.toml and pyproject.toml upwards from its working folder, pip-tools reads
+    # .pip-tools.toml, pip reads pip.conf and PIP_*: each here points at an index that
+    # does not exist. A lock that heard any of them would fail or differ.
+    hostile = tmp_path / "tmp-with-config"
+    hostile.mkdir()
+    dead = "http://127.0.0.1:9/simple"
+    (hostile / "uv.toml").write_text(f'index-url = "{dead}"\n')
+    (hostile / ".pip-tools.toml").write_text(f'[tool.pip-tools]\nindex-url = "{dead}"\n')
+    (project / "pyproject.toml").write_text(f'[tool.uv]\nindex-url = "{dead}"\n')
     shutil.rmtree(project / "lockfiles")
-    r = repro("lock", "--resolver", "pip-tools", "--json", cwd=project)
+    r = repro("lock", "--resolver", resolver, "--json", cwd=project,
+              env={"TMPDIR": str(hostile), "PIP_INDEX_URL": dead, "UV_INDEX_URL": dead,
+                   "PIP_CONFIG_FILE": str(hostile / "uv.toml")})
     assert r.code == 0, r.err
     assert lock_bytes(project) == committed()
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from builder.errors import RecipeError, RecipeNotFoundError
 from builder.recipe import find_recipe, load_recipe, parse_recipe
+from builder.schema import normalise_simple_requirement
 from tests.conftest import ROOT, gen
 
 P = Path("/proj/repro.toml")
@@ -157,3 +160,34 @@ def test_find_recipe_walks_up_and_explains_when_there_is_none(tmp_path: Path) ->
     lonely.mkdir()
     with pytest.raises(RecipeNotFoundError, match=r"no repro\.toml in .*lonely or any parent"):
         find_recipe(cwd=lonely)
+
+
+names = st.from_regex(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,6}[A-Za-z0-9])?", fullmatch=True)
+versions = st.from_regex(r"[0-9]{1,3}(\.[0-9]{1,3}){0,3}((a|b|rc)[0-9])?(\.post[0-9])?(\.dev[0-9])?",
+                         fullmatch=True)
+specs = st.tuples(st.sampled_from(["==", "!=", "<=", ">=", "<", ">"]), versions,
+                  st.sampled_from(["", " ", "  "]))
+
+
+@given(names, st.lists(specs, max_size=3), st.sampled_from(["", " "]))
+def test_the_fast_requirement_normaliser_agrees_with_packaging(
+    name: str, parts: list[tuple[str, str, str]], gap: str,
+) -> None:
+    from packaging.requirements import Requirement
+
+    text = name + gap + ",".join(f"{ws}{op}{ws}{v}" for op, v, ws in parts)
+    fast = normalise_simple_requirement(text)
+    if len({op for op, _, _ in parts}) == len(parts):
+        assert fast == str(Requirement(text))
+    else:  # repeated operators are left to packaging, which merges equal versions
+        assert fast is None
+
+
+def test_anything_else_goes_to_packaging() -> None:
+    from packaging.requirements import Requirement
+
+    for text in ("torch==2.13.0+cpu", "numpy~=2.0", "a[x]>=1", "b; python_version<\"3.12\"",
+                 "c==1.*", "d @ https://x.example/d.whl"):
+        assert normalise_simple_requirement(text) is None
+        recipe = parse(HEAD + f"dependencies = ['{text}']\n")
+        assert recipe.environment.dependencies == (str(Requirement(text)),)
