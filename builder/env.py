@@ -36,13 +36,13 @@ class BuildResult:
                 "seconds": round(self.seconds, 3)}
 
 
-def _noop(_: str) -> None:
+def noop(_: str) -> None:
     pass
 
 
 def current_lock(
     recipe: Recipe, mode: str, machine: MachineSources, offline: bool,
-    say: Callable[[str], None] = _noop,
+    say: Callable[[str], None] = noop,
 ) -> tuple[lock.Lock, bool]:
     """The lock to build from, re-locking a stale one in `auto` mode: (lock, relocked).
 
@@ -70,7 +70,7 @@ def build(
     mode: str = "auto",
     machine: MachineSources = NO_MACHINE_SOURCES,
     offline: bool = False,
-    say: Callable[[str], None] = _noop,
+    say: Callable[[str], None] = noop,
 ) -> BuildResult:
     """Materialise the recipe's lock as a virtualenv under `envs/<env id>`.
 
@@ -175,7 +175,7 @@ def _result(store: Store, env_id: str, *, cached: bool, relocked: bool,
 def exec_in(
     recipe: Recipe, argv: Sequence[str], *, store: Store, mode: str = "auto",
     machine: MachineSources = NO_MACHINE_SOURCES, offline: bool = False,
-    say: Callable[[str], None] = _noop, capture: bool = False,
+    say: Callable[[str], None] = noop, capture: bool = False,
 ) -> tuple[BuildResult, int]:
     """Run a command inside the recipe's environment, building it first if needed.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +58,21 @@ def file_digest(path: Path) -> str:
     return PREFIX + hasher.hexdigest()
 
 
-def tree_entries(root: Path, paths: Iterable[str]) -> list[dict[str, Any]]:
+FileDigest = Callable[[Path, os.stat_result], str]
+
+
+def _read_digest(path: Path, _: os.stat_result) -> str:
+    return file_digest(path)
+
+
+def tree_entries(
+    root: Path, paths: Iterable[str], digest: FileDigest = _read_digest
+) -> list[dict[str, Any]]:
     """One entry per path (relative, '/'-separated): type, executable bit, content digest.
 
     Symlinks are recorded by their target text, never followed; directories are implied by
-    the files in them. Mtimes, owners and other modes are not identity.
+    the files in them. Mtimes, owners and other modes are not identity. `digest` may answer
+    from a cache keyed by the stat it is given.
     """
     entries: list[dict[str, Any]] = []
     for rel in sorted(set(paths)):
@@ -76,22 +86,26 @@ def tree_entries(root: Path, paths: Iterable[str]) -> list[dict[str, Any]]:
                     "path": rel,
                     "type": "file",
                     "executable": bool(st.st_mode & 0o111),
-                    "digest": file_digest(full),
+                    "digest": digest(full, st),
                 }
             )
     return entries
 
 
-def tree_digest(root: Path, paths: Iterable[str]) -> str:
+def tree_digest(root: Path, paths: Iterable[str], digest: FileDigest = _read_digest) -> str:
     """Merkle digest of a file tree: the digest of its sorted entries' canonical JSON."""
-    return digest_json({"tree": tree_entries(root, paths)})
+    return digest_json({"tree": tree_entries(root, paths, digest)})
 
 
-def walk_files(root: Path) -> list[str]:
-    """Every file and symlink under root, relative and '/'-separated, sorted."""
+def walk_files(root: Path, prune: Iterable[str] = ()) -> list[str]:
+    """Every file and symlink under root, relative and '/'-separated, sorted.
+
+    Directories named in `prune` are not entered.
+    """
+    skip = set(prune)
     found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+        dirnames[:] = sorted(d for d in dirnames if d not in skip)
         base = Path(dirpath).relative_to(root)
         found.extend((base / name).as_posix() for name in filenames)
         found.extend(

@@ -93,3 +93,36 @@ def call(
     except (FileNotFoundError, PermissionError) as exc:
         raise ToolError(list(argv), 127, str(exc),
                         hint=f"is {argv[0]} installed in the environment?") from exc
+
+
+def tee(
+    argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, tail_lines: int = 40
+) -> tuple[int, str]:
+    """Run a command, copying its output (stdout and stderr) to our stderr as it comes.
+
+    Returns the exit status and the last lines of output. Ctrl-C kills the command.
+
+    Raises:
+        ToolError: the command could not be started.
+    """
+    import collections  # noqa: PLC0415
+
+    log.debug("$ %s", shlex.join(argv))
+    try:
+        child = subprocess.Popen(list(argv), env=dict(env), cwd=cwd, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT)
+    except (FileNotFoundError, PermissionError) as exc:
+        raise ToolError(list(argv), 127, str(exc),
+                        hint=f"is {argv[0]} installed in the environment?") from exc
+    tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+    try:
+        assert child.stdout is not None  # noqa: S101  (stdout=PIPE above)
+        for raw in child.stdout:
+            line = raw.decode(errors="replace")
+            sys.stderr.write(line)
+            tail.append(line)
+        return child.wait(), "".join(tail)
+    except BaseException:
+        child.kill()
+        child.wait()
+        raise

@@ -5,11 +5,17 @@
         envs/<64 hex>/               a complete environment, named by its env id
         envs/.tmp-*                  a build in progress (or one that was interrupted)
         locks/<64 hex>.lock          held while an environment is built or removed
+        runs/<64 hex>                the record digest of the last successful run with that key
+        by-output/<64 hex>/<64 hex>  artefact digest → records of the runs that produced it
+        by-recipe/<name>/<64 hex>    recipe name → records of its runs (failed ones too)
+        cache/stat.sqlite            file digests by stat, so unchanged data is not re-read
+        runtime/<64 hex>/builder/    builder.runtime, put on the PYTHONPATH of runs
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -17,6 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from builder import hashing
 from builder.errors import ReproError
@@ -53,6 +60,28 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def _hex(digest: str) -> str:
     return digest.removeprefix(hashing.PREFIX)
+
+
+def _touch(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+
+
+def _listing(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        return []
+    return [hashing.PREFIX + p.name for p in sorted(folder.iterdir()) if len(p.name) == 64]
+
+
+def _looks_like_record(store: Store, digest: str) -> bool:
+    """A small JSON object with the run schema (artefacts share objects/; skip big ones)."""
+    path = store.object_path(digest)
+    if path.stat().st_size > 1 << 20:
+        return False
+    try:
+        return store.record(digest).get("schema") == "repro.run/v1"
+    except (ValueError, ReproError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -128,6 +157,67 @@ class Store:
             raise ReproError(f"store object {path} is corrupt (its digest changed)",
                              hint=f"delete {path}; it is re-created the next time it is needed")
         return data
+
+    def put_file(self, path: Path, digest: str) -> Path:
+        """Store a file's bytes under their (already computed) digest; returns the object."""
+        target = self.object_path(digest)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".put-")
+            os.close(fd)
+            try:
+                shutil.copyfile(path, tmp)
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+        return target
+
+    # -- run records --------------------------------------------------------------------
+    def add_record(self, record: dict[str, Any], *, succeeded: bool) -> str:
+        """Store a run record and index it; only a success answers its run key."""
+        digest = self.put(hashing.canonical_json(record))
+        h = _hex(digest)
+        _touch(self.root / "by-recipe" / record["recipe"]["name"] / h)
+        if succeeded:
+            for out in record["outputs"]:
+                _touch(self.root / "by-output" / _hex(out["digest"]) / h)
+            atomic_write(self.root / "runs" / _hex(record["run_key"]), digest.encode())
+        return digest
+
+    def record(self, digest: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.get(digest))
+        return data
+
+    def run_for_key(self, run_key: str) -> str | None:
+        path = self.root / "runs" / _hex(run_key)
+        return path.read_text().strip() if path.is_file() else None
+
+    def records_of(self, recipe_name: str) -> list[str]:
+        return _listing(self.root / "by-recipe" / recipe_name)
+
+    def records_producing(self, artefact: str) -> list[str]:
+        return _listing(self.root / "by-output" / _hex(artefact))
+
+    def find_record(self, ref: str) -> str | None:
+        """A record digest from a run key or record digest, whole or a prefix (8+ hex)."""
+        h = _hex(ref.strip()).lower()
+        if len(h) < 8 or not all(c in "0123456789abcdef" for c in h):
+            return None
+        for folder, is_key in ((self.root / "runs", True), (self.root / "objects" / h[:2], False)):
+            if not folder.is_dir():
+                continue
+            rest = h if is_key else h[2:]
+            names = [p.name for p in folder.iterdir() if p.name.startswith(rest)]
+            if len(names) == 1:
+                if is_key:
+                    return (folder / names[0]).read_text().strip()
+                digest = hashing.PREFIX + h[:2] + names[0]
+                if _looks_like_record(self, digest):
+                    return digest
+        return None
 
     def remove_env(self, env_id: str) -> None:
         """Remove an environment: renamed away first, so it never looks half there."""

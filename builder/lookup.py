@@ -1,0 +1,132 @@
+"""`repro lookup`, `repro runs`, `repro show`: find recorded runs by key, recipe or artefact."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from builder import hashing
+from builder.errors import InputError
+from builder.recipe import RECIPE_FILE, Recipe, find_recipe, load_recipe
+from builder.store import Store
+
+
+@dataclass(frozen=True)
+class Found:
+    """What a lookup found: how the target was read, its digest or key, and the runs."""
+
+    kind: str  # "file", "recipe" or "run"
+    target: str
+    digest: str
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"found": bool(self.runs), "kind": self.kind, "target": self.target,
+                "digest": self.digest, "runs": self.runs}
+
+
+def summary(store: Store, digest: str, record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The part of a record a listing shows, with where each output lies in the store."""
+    r = record or store.record(digest)
+    return {
+        "record": digest,
+        "run_key": r["run_key"],
+        "recipe": r["recipe"]["name"],
+        "status": "succeeded" if r["exit_status"] == 0 and "error" not in r else "failed",
+        "seed": r["seed"],
+        "params": r["params"],
+        "started": r["started"],
+        "duration": r["duration"],
+        "metrics": r["metrics"],
+        "outputs": [{**o, "object": str(store.object_path(o["digest"]))} for o in r["outputs"]],
+    }
+
+
+def lookup(target: str | None, *, store: Store, recipe_hint: str | None = None) -> Found:
+    """Which runs match a target: a file (which run made it?), a recipe (is it trained?),
+    or a run key / record digest (whole or 8+ hex characters).
+
+    Raises:
+        InputError: the target is none of these.
+    """
+    if target is None:
+        return _recipe_lookup(load_recipe(find_recipe(recipe_hint)), store)
+    path = Path(target)
+    if path.is_dir() or path.name == RECIPE_FILE:
+        return _recipe_lookup(load_recipe(find_recipe(path)), store)
+    if path.is_file():
+        digest = hashing.file_digest(path)
+        return Found("file", target, digest,
+                     [summary(store, d) for d in store.records_producing(digest)])
+    record = store.find_record(target)
+    if record is not None:
+        return Found("run", target, record, [summary(store, record)])
+    if re.fullmatch(r"(blake3:)?[0-9a-f]{8,64}", target):
+        return Found("run", target, "", [])
+    raise InputError(f"{target} is not a file, a recipe, or a run key",
+                     hint="give a model file, a repro.toml (or its folder), or a run key")
+
+
+def _recipe_lookup(recipe: Recipe, store: Store) -> Found:
+    from builder.run import plan  # noqa: PLC0415  (plan imports the runner)
+
+    p = plan(recipe, store=store, mode="locked")
+    found = store.run_for_key(p.key)
+    return Found("recipe", str(recipe.path), p.key, [summary(store, found)] if found else [])
+
+
+def runs_of(recipe: Recipe, *, store: Store) -> list[dict[str, Any]]:
+    """Every recorded run of a recipe (failed ones too), oldest first."""
+    rows = [summary(store, d) for d in store.records_of(recipe.name)]
+    return sorted(rows, key=lambda r: r["started"])
+
+
+def show(
+    ref: str | None, *, store: Store, recipe_hint: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """A whole record, from a run key or record digest (or the recipe's latest run).
+
+    Raises:
+        InputError: nothing in the store matches.
+    """
+    if ref is None:
+        recipe = load_recipe(find_recipe(recipe_hint))
+        rows = runs_of(recipe, store=store)
+        if not rows:
+            raise InputError(f"{recipe.name} has no recorded runs", hint="run `repro run` first")
+        ref = rows[-1]["record"]
+    digest = store.find_record(ref)
+    if digest is None:
+        raise InputError(f"no run in {store.root} matches {ref!r}",
+                         hint="give a run key or record digest (8+ hex digits); "
+                              "`repro runs` lists them")
+    return digest, store.record(digest)
+
+
+def describe(digest: str, record: dict[str, Any]) -> str:
+    """A run record for a person: one line per fact."""
+    hw, sw, code = record["hardware"], record["software"], record["code"]
+    gpus = "".join(f", {g['name']} (driver {g['driver']})" for g in hw["gpus"])
+    status = f"exit {record['exit_status']}" + (f": {record['error']}" if "error" in record else "")
+    return "\n".join([
+        f"run      {record['run_key']}",
+        f"record   {digest}",
+        f"recipe   {record['recipe']['name']}  {record['recipe']['digest']}"
+        f"  ({record['recipe']['standard']})",
+        f"env      {record['env']}  Python {sw['python']}",
+        f"code     {code['digest']}  commit {code['commit']}{'  (dirty)' if code['dirty'] else ''}",
+        *[f"data     {n}: {d['path']}  {d['digest']}" for n, d in sorted(record["data"].items())],
+        f"command  {' '.join(record['command'])}",
+        f"seed     {record['seed']}   params {json.dumps(record['params'], sort_keys=True)}",
+        f"hardware {hw['arch']}, {hw['cpu']['model']}, {hw['cpu']['cores']} cores, "
+        f"{(hw['memory_bytes'] or 0) / 2**30:.1f} GiB{gpus}",
+        f"os       {hw['os']['name'] or hw['os']['system']}, {hw['libc']}",
+        "packages " + ", ".join(f"{k} {v}" for k, v in sorted(sw["packages"].items())),
+        f"time     {record['started']} -> {record['ended']}  ({record['duration']:.2f}s)",
+        f"status   {status}",
+        *[f"metric   {k} = {v}" for k, v in sorted(record["metrics"].items())],
+        *[f"output   {o['path']}  {o['digest']}  {o['size']} bytes" for o in record["outputs"]],
+    ])

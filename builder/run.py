@@ -1,0 +1,329 @@
+"""`repro run`: the run key, an answer from the store, or a seeded, recorded training run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+from builder import __version__, env, hardware, hashing, inputs, proc
+from builder.errors import EXIT_TOOL, InputError, ReproError, did_you_mean
+from builder.recipe import Recipe, Train
+from builder.resolve import NO_MACHINE_SOURCES, MachineSources
+from builder.store import Store, atomic_write
+
+RECORD_SCHEMA = "repro.run/v1"
+_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")  # names checked when the recipe was read
+KEY_FORMAT = "repro.runkey/v1"
+
+
+class RunFailed(ReproError):
+    """The training command failed or did not produce what the recipe declares."""
+
+    exit_code = EXIT_TOOL
+
+    def __init__(self, message: str, record: str, *, hint: str = "") -> None:
+        self.record = record
+        super().__init__(f"{message}\n  the failure is recorded as {record}", hint=hint)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a run key is made of, computed without running anything."""
+
+    recipe: Recipe
+    train: Train
+    env_id: str
+    code: inputs.CodeState
+    data: dict[str, str]
+    params: dict[str, Any]
+    seed: int
+    hardware: dict[str, Any]
+    hardware_class: dict[str, Any] | None
+    key: str
+    relocked: bool = False
+
+
+@dataclass(frozen=True)
+class RunResult:
+    record_digest: str
+    record: dict[str, Any]
+    cached: bool
+    objects: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.record
+        return {"run_key": r["run_key"], "record": self.record_digest, "cached": self.cached,
+                "recipe": r["recipe"]["name"], "env": r["env"], "seed": r["seed"],
+                "params": r["params"], "metrics": r["metrics"], "duration": r["duration"],
+                "outputs": [{**o, "object": self.objects.get(o["path"])} for o in r["outputs"]]}
+
+
+def _train(recipe: Recipe) -> Train:
+    if recipe.train is None:
+        raise InputError(f"{recipe.path} has no [train] section: there is nothing to run",
+                         hint='add [train] with command = ["python", "train.py"]')
+    return recipe.train
+
+
+def resolve_params(recipe: Recipe, overrides: Sequence[str]) -> dict[str, Any]:
+    """The recipe's params with `key=value` overrides, each parsed as the recipe's type.
+
+    Raises:
+        InputError: an override is malformed, names an undeclared param, or has the wrong type.
+    """
+    declared = dict(_train(recipe).params)
+    for item in overrides:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise InputError(f"--param {item!r} is not key=value", hint="e.g. --param lr=0.05")
+        if name not in declared:
+            raise InputError(
+                f"--param {name}: {recipe.path} declares no param `{name}`"
+                f"{did_you_mean(name, declared)}",
+                hint=f"declared params: {', '.join(sorted(declared)) or 'none'} "
+                     "(add it to [train] params first)",
+            )
+        declared[name] = _parse_like(declared[name], text, name)
+    return declared
+
+
+def _parse_like(current: Any, text: str, name: str) -> Any:
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false"):
+                raise ValueError(text)
+            return text.lower() == "true"
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, float):
+            return float(text)
+    except ValueError:
+        raise InputError(f"--param {name}={text}: expected {type(current).__name__}, like "
+                         f"the recipe's {current!r}") from None
+    return text
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def render_command(recipe: Recipe, train: Train, seed: int, params: dict[str, Any]) -> list[str]:
+    """The command with {seed}, {params.NAME} and {data.NAME} filled in."""
+    values = {"seed": str(seed), **{f"params.{k}": _render(v) for k, v in params.items()},
+              **{f"data.{d.name}": d.path for d in recipe.data}}
+    return [_PLACEHOLDER.sub(lambda m: values[m.group(1)], arg) for arg in train.command]
+
+
+def plan(
+    recipe: Recipe, *, store: Store, mode: str = "auto",
+    machine: MachineSources = NO_MACHINE_SOURCES, offline: bool = False,
+    seed: int | None = None, params: Sequence[str] = (),
+    say: Callable[[str], None] = env.noop,
+) -> Plan:
+    """Compute the run key: env id, code, data, command, params, seed (+ hardware if bitwise)."""
+    train = _train(recipe)
+    current, relocked = env.current_lock(recipe, mode, machine, offline, say)
+    with inputs.stat_cache(store.root / "cache" / "stat.sqlite") as cache:
+        code = inputs.code_state(recipe, cache)
+        data = inputs.data_digests(recipe, cache)
+    chosen = train.seeds[0] if seed is None else seed
+    if chosen < 0:
+        raise InputError(f"--seed {chosen}: seeds are non-negative integers")
+    values = resolve_params(recipe, params)
+    info = hardware.facts()
+    klass = hardware.hardware_class(info) if recipe.reproducibility.standard == "bitwise" else None
+    key = hashing.digest_json({
+        "format": KEY_FORMAT,
+        "env": current.env_id,
+        "code": code.digest,
+        "data": data,
+        "command": list(train.command),
+        "params": values,
+        "seed": chosen,
+        "outputs": list(train.outputs),
+        "metrics": train.metrics,
+        "run_env": dict(train.env),
+        "threads": train.threads,
+        "hardware": klass,
+    })
+    return Plan(recipe, train, current.env_id, code, data, values, chosen, info, klass, key,
+                relocked)
+
+
+def run(
+    recipe: Recipe, *, store: Store, mode: str = "auto",
+    machine: MachineSources = NO_MACHINE_SOURCES, offline: bool = False,
+    seed: int | None = None, params: Sequence[str] = (), use_cache: bool = True,
+    say: Callable[[str], None] = env.noop,
+) -> RunResult:
+    """Answer from the store when a run with the same key succeeded; else train and record.
+
+    Raises:
+        RunFailed: the command failed, or an output or the metrics file is missing or bad.
+    """
+    p = plan(recipe, store=store, mode=mode, machine=machine, offline=offline, seed=seed,
+             params=params, say=say)
+    if use_cache:
+        found = store.run_for_key(p.key)
+        if found is not None:
+            record = store.record(found)
+            objects = restore_outputs(recipe, store, record)
+            return RunResult(found, record, cached=True, objects=objects)
+    built = env.build(recipe, store=store, mode="frozen" if p.relocked else mode,
+                      machine=machine, offline=offline, say=say)
+    return _execute(p, built, store, say)
+
+
+def _runtime_dir(store: Store) -> tuple[Path, str]:
+    """A folder holding only builder/runtime.py, for the run's PYTHONPATH (nothing else leaks)."""
+    source = Path(__file__).with_name("runtime.py").read_bytes()
+    digest = hashing.digest_bytes(source)
+    root = store.root / "runtime" / digest.removeprefix(hashing.PREFIX)
+    if not (root / "builder" / "runtime.py").is_file():
+        atomic_write(root / "builder" / "__init__.py", b"")
+        atomic_write(root / "builder" / "runtime.py", source)
+    return root, digest
+
+
+def _run_env(p: Plan, venv: Path, runtime: Path, params_file: Path) -> dict[str, str]:
+    """The variables repro sets for a run; these (and only these) go into the record."""
+    train = p.train
+    seeded = {
+        "REPRO_SEED": str(p.seed),
+        "PYTHONHASHSEED": str(p.seed % 2**32),
+        "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
+        "REPRO_RUN_KEY": p.key,
+        **{f"REPRO_PARAM_{k.upper()}": _render(v) for k, v in p.params.items()},
+        **{f"REPRO_DATA_{d.name.upper()}": d.path for d in p.recipe.data},
+    }
+    if train.metrics:
+        seeded["REPRO_METRICS_FILE"] = str(p.recipe.root / train.metrics)
+    if train.threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                    "REPRO_THREADS"):
+            seeded[var] = str(train.threads)
+    seeded.update(train.env)
+    return seeded | {
+        "VIRTUAL_ENV": str(venv),
+        "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(runtime),
+        "REPRO_PARAMS_FILE": str(params_file),
+    }
+
+
+_PER_HOST = ("VIRTUAL_ENV", "PATH", "PYTHONPATH", "REPRO_PARAMS_FILE", "REPRO_METRICS_FILE")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _execute(p: Plan, built: env.BuildResult, store: Store,
+             say: Callable[[str], None]) -> RunResult:
+    recipe, train = p.recipe, p.train
+    for out in [*train.outputs, *([train.metrics] if train.metrics else [])]:
+        (recipe.root / out).unlink(missing_ok=True)  # a stale file must not pass as this run's
+    runtime, runtime_digest = _runtime_dir(store)
+    argv = render_command(recipe, train, p.seed, p.params)
+    say(f"Running {recipe.name} (seed {p.seed}, run key {p.key[7:19]}): {' '.join(argv)}")
+    (store.root / "tmp").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=store.root / "tmp") as tmp:
+        params_file = Path(tmp) / "params.json"
+        params_file.write_text(json.dumps(p.params, sort_keys=True))
+        variables = _run_env(p, built.path, runtime, params_file)
+        started, clock = _now(), time.perf_counter()
+        code, tail = proc.tee(argv, env=proc.clean_env(variables), cwd=recipe.root)
+        duration = round(time.perf_counter() - clock, 3)
+    record: dict[str, Any] = {
+        "schema": RECORD_SCHEMA,
+        "run_key": p.key,
+        "recipe": {"name": recipe.name, "digest": recipe.digest(),
+                   "standard": recipe.reproducibility.standard},
+        "env": p.env_id,
+        "code": p.code.to_json(),
+        "data": {d.name: {"path": d.path, "digest": p.data[d.name]} for d in recipe.data},
+        "command": argv,
+        "params": p.params,
+        "seed": p.seed,
+        "variables": {k: v for k, v in variables.items() if k not in _PER_HOST},
+        "hardware": p.hardware,
+        "hardware_class": p.hardware_class,
+        "software": _software(built, runtime_digest),
+        "started": started,
+        "ended": _now(),
+        "duration": duration,
+        "exit_status": code,
+        "outputs": [],
+        "metrics": {},
+    }
+    if code != 0:
+        _fail(store, record, f"the training command exited with status {code}:\n{tail.rstrip()}",
+              hint="fix the command or the code; nothing was stored as a success")
+    for out in train.outputs:
+        path = recipe.root / out
+        if not path.is_file():
+            _fail(store, record, f"the command did not produce the declared output {out}",
+                  hint=f"write {out} (relative to {recipe.root}), or fix train.outputs")
+        record["outputs"].append({"path": out, "digest": hashing.file_digest(path),
+                                  "size": path.stat().st_size})
+    if train.metrics:
+        record["metrics"] = _read_metrics(store, record, recipe.root / train.metrics)
+    objects = {o["path"]: str(store.put_file(recipe.root / o["path"], o["digest"]))
+               for o in record["outputs"]}
+    digest = store.add_record(record, succeeded=True)
+    return RunResult(digest, record, cached=False, objects=objects)
+
+
+def _software(built: env.BuildResult, runtime_digest: str) -> dict[str, Any]:
+    manifest = env.read_manifest(built.path)
+    return {"python": built.python, "packages": manifest["packages"],
+            "pylock": manifest["pylock"], "repro": __version__, "runtime": runtime_digest}
+
+
+def _read_metrics(store: Store, record: dict[str, Any], path: Path) -> dict[str, Any]:
+    try:
+        metrics = json.loads(path.read_text())
+    except FileNotFoundError:
+        _fail(store, record, f"the command did not write its metrics file {path.name}",
+              hint="write it (builder.runtime.log_metrics does), or drop train.metrics")
+    except (ValueError, UnicodeDecodeError) as exc:
+        _fail(store, record, f"the metrics file {path} is not valid JSON: {exc}",
+              hint="write a JSON object of metric names to numbers")
+    if not isinstance(metrics, dict):
+        _fail(store, record, f"the metrics file {path} holds {type(metrics).__name__}, "
+                             "not a JSON object", hint='write {"accuracy": 0.9, …}')
+    return metrics
+
+
+def _fail(store: Store, record: dict[str, Any], message: str, *, hint: str) -> NoReturn:
+    record = {**record, "exit_status": record["exit_status"] or 1, "error": message}
+    raise RunFailed(message, store.add_record(record, succeeded=False), hint=hint)
+
+
+def restore_outputs(recipe: Recipe, store: Store, record: dict[str, Any]) -> dict[str, str]:
+    """Put a recorded run's outputs back in the project (copies), unless already there."""
+    objects = {}
+    for out in record["outputs"]:
+        obj = store.object_path(out["digest"])
+        objects[out["path"]] = str(obj)
+        target = recipe.root / out["path"]
+        if target.is_file() and target.stat().st_size == out["size"] \
+                and hashing.file_digest(target) == out["digest"]:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.repro-tmp")
+        shutil.copyfile(obj, tmp)
+        tmp.chmod(0o644)
+        tmp.replace(target)
+    return objects
