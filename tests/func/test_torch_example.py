@@ -1,0 +1,55 @@
+"""examples/torch-mlp: torch from the machine's wheel folder, bitwise-equal weights twice."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MACHINE_WHEELS, ROOT
+from tests.func.helpers import repro
+
+pytestmark = [
+    pytest.mark.network,
+    pytest.mark.skipif(
+        not (Path(MACHINE_WHEELS or "/nonexistent") / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").is_file(),
+        reason="the torch 2.13.0 CPU wheel is not in $PIP_FIND_LINKS on this machine; PyPI's "
+               "torch is a multi-GB CUDA build that tests must not download",
+    ),
+]
+
+EXAMPLE = ROOT / "examples" / "torch-mlp"
+
+
+def test_the_committed_lock_holds_no_host_path_and_is_fresh(tmp_path: Path) -> None:
+    text = (EXAMPLE / "lockfiles/torch-mlp/pylock.toml").read_text()
+    assert "file:" not in text
+    assert MACHINE_WHEELS not in text
+    assert "https://download.pytorch.org/whl/cpu/torch-2.13.0%2Bcpu-cp311-cp311-" in text
+    copy = shutil.copytree(EXAMPLE, tmp_path / "example")
+    relocked = repro("lock", "--find-links", MACHINE_WHEELS, "--json", cwd=copy)
+    assert relocked.code == 0, relocked.err
+    assert relocked.json["changed"] is False
+
+
+def test_two_fresh_runs_in_different_places_give_the_same_weights(tmp_path: Path) -> None:
+    results = []
+    for name in ("first", "second"):
+        copy = shutil.copytree(EXAMPLE, tmp_path / name / "torch-mlp")
+        r = repro("run", "--find-links", MACHINE_WHEELS, "--json", cwd=copy,
+                  env={"REPRO_HOME": str(tmp_path / name / "store")})
+        assert r.code == 0, r.err
+        assert r.json["cached"] is False
+        results.append((copy, r.json))
+    (a_dir, a), (b_dir, b) = results
+    assert a["run_key"] == b["run_key"]
+    assert a["metrics"] == b["metrics"]
+    assert a["metrics"]["accuracy"] > 0.9
+    assert a["outputs"] == [{**b["outputs"][0], "object": a["outputs"][0]["object"]}]
+    assert (a_dir / "model.pt").read_bytes() == (b_dir / "model.pt").read_bytes()
+
+    found = repro("lookup", b_dir / "model.pt", "--json", cwd=a_dir,
+                  env={"REPRO_HOME": str(tmp_path / "first" / "store")})
+    assert found.code == 0
+    assert found.json["runs"][0]["run_key"] == a["run_key"]
