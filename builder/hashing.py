@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from collections.abc import Callable, Iterable
@@ -25,6 +26,11 @@ def canonical_json(value: Any) -> bytes:
     Raises:
         InputError: an integer beyond ±2^53, which JSON numbers cannot hold exactly.
     """
+    if _plain(value):
+        # No floats, no astral-plane keys: RFC 8785 and sorted compact json.dumps agree byte
+        # for byte (a property test checks), and json is ~4x faster on large file trees.
+        return json.dumps(value, sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False).encode()
     try:
         return bytes(rfc8785.dumps(value))
     except rfc8785.IntegerDomainError as exc:
@@ -32,6 +38,22 @@ def canonical_json(value: Any) -> bytes:
             f"{exc}: identities are RFC 8785 JSON, whose numbers are exact only up to 2^53",
             hint="write it as a string",
         ) from exc
+
+
+_SAFE_INT = 2**53
+
+
+def _plain(value: Any) -> bool:
+    """True when `value` holds only what json.dumps already writes as RFC 8785 does."""
+    if isinstance(value, str) or value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return -_SAFE_INT < value < _SAFE_INT
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and k.isascii() and _plain(v) for k, v in value.items())
+    return False
 
 
 def digest_bytes(data: bytes) -> str:

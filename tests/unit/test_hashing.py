@@ -42,6 +42,21 @@ def test_canonical_json_is_a_fixed_point(value: object) -> None:
     assert hashing.canonical_json(json.loads(once)) == once
 
 
+plain_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.text(),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(plain_values)
+def test_the_fast_path_writes_exactly_what_rfc8785_writes(value: object) -> None:
+    import rfc8785
+
+    assert hashing.canonical_json(value) == rfc8785.dumps(value)
+
+
 def test_integers_beyond_json_precision_are_refused_with_a_reason() -> None:
     with pytest.raises(InputError, match=r"(?s)2\^53.*write it as a string"):
         hashing.digest_json({"seed": 2**63})
