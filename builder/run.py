@@ -287,7 +287,11 @@ def _execute(p: Plan, built: env.BuildResult, store: Store,
 
 def _software(built: env.BuildResult, runtime_digest: str) -> dict[str, Any]:
     manifest = env.read_manifest(built.path)
-    return {"python": built.python, "packages": manifest["packages"],
+    packages: dict[str, str] = manifest["packages"]
+    return {"python": built.python, "packages": packages,
+            # CUDA runtime, cuDNN, NCCL… as the wheels that bring them (nvidia-cudnn-cu12 …)
+            "accelerator_libraries": {k: v for k, v in packages.items()
+                                      if k.startswith("nvidia-")},
             "pylock": manifest["pylock"], "repro": __version__, "runtime": runtime_digest}
 
 
