@@ -18,7 +18,7 @@ from builder import __version__, env, hardware, hashing, inputs, proc
 from builder.errors import EXIT_TOOL, InputError, ReproError, did_you_mean
 from builder.recipe import Recipe, Train
 from builder.resolve import NO_MACHINE_SOURCES, MachineSources
-from builder.store import Store, atomic_write
+from builder.store import Store, atomic_write, replacing
 
 RECORD_SCHEMA = "repro.run/v1"
 _PLACEHOLDER = re.compile(r"\{([^{}]+)\}")  # names checked when the recipe was read
@@ -325,9 +325,6 @@ def restore_outputs(recipe: Recipe, store: Store, record: dict[str, Any]) -> dic
         if target.is_file() and target.stat().st_size == out["size"] \
                 and hashing.file_digest(target) == out["digest"]:
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.repro-tmp")
-        shutil.copyfile(obj, tmp)
-        tmp.chmod(0o644)
-        tmp.replace(target)
+        with replacing(target) as tmp:
+            shutil.copyfile(obj, tmp)
     return objects

@@ -41,21 +41,28 @@ def default_home() -> Path:
     return Path(user_cache_dir("repro"))
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write a file whole or not at all: a temp file in the same folder, then rename."""
+@contextlib.contextmanager
+def replacing(path: Path, mode: int = 0o644) -> Iterator[Path]:
+    """A temp file beside `path` to fill; renamed over `path` (whole or not at all) on exit."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        yield tmp
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write a file whole or not at all: a temp file in the same folder, then rename."""
+    with replacing(path) as tmp, tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _hex(digest: str) -> str:
@@ -162,17 +169,8 @@ class Store:
         """Store a file's bytes under their (already computed) digest; returns the object."""
         target = self.object_path(digest)
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".put-")
-            os.close(fd)
-            try:
+            with replacing(target, 0o444) as tmp:
                 shutil.copyfile(path, tmp)
-                os.chmod(tmp, 0o444)
-                os.replace(tmp, target)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
         return target
 
     # -- run records --------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -198,3 +199,23 @@ def test_ctrl_c_during_training_stores_nothing(tmp_path: Path, isolated: Path) -
     assert not (isolated / "runs").exists()
     assert not (isolated / "by-recipe").exists()
     assert repro("lookup", cwd=root).code == 1
+
+
+def test_the_default_recipe_is_bitwise_across_folders_stores_and_umasks(
+    tmp_path: Path, project: Path,
+) -> None:
+    import os
+
+    other = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(project, other)
+    first = repro("run", "--json", cwd=project).json
+    old = os.umask(0o077)
+    try:
+        second = repro("run", "--json", cwd=other, env={"REPRO_HOME": str(tmp_path / "store2")})
+    finally:
+        os.umask(old)
+    assert second.code == 0, second.err
+    assert second.json["cached"] is False
+    assert second.json["run_key"] == first["run_key"]
+    assert second.json["outputs"][0]["digest"] == first["outputs"][0]["digest"]
+    assert (other / "model.npz").read_bytes() == (project / "model.npz").read_bytes()
