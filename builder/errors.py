@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -26,6 +25,8 @@ EXIT_INTERRUPTED = 130
 
 def did_you_mean(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
     """A ` (did you mean 'x'?)` suffix, or '' when nothing is close."""
+    import difflib  # noqa: PLC0415  (only errors need it; it costs every start-up otherwise)
+
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
