@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from builder import __version__, env, hardware, hashing, inputs, proc
-from builder.errors import EXIT_TOOL, InputError, ReproError, did_you_mean
+from builder.errors import EXIT_TOOL, BuildError, InputError, ReproError, did_you_mean
 from builder.recipe import Recipe, Train
 from builder.resolve import NO_MACHINE_SOURCES, MachineSources
 from builder.store import Store, atomic_write, replacing
@@ -67,7 +67,7 @@ class RunResult:
                 "outputs": [{**o, "object": self.objects.get(o["path"])} for o in r["outputs"]]}
 
 
-def _train(recipe: Recipe) -> Train:
+def train_of(recipe: Recipe) -> Train:
     if recipe.train is None:
         raise InputError(f"{recipe.path} has no [train] section: there is nothing to run",
                          hint='add [train] with command = ["python", "train.py"]')
@@ -80,7 +80,7 @@ def resolve_params(recipe: Recipe, overrides: Sequence[str]) -> dict[str, Any]:
     Raises:
         InputError: an override is malformed, names an undeclared param, or has the wrong type.
     """
-    declared = dict(_train(recipe).params)
+    declared = dict(train_of(recipe).params)
     for item in overrides:
         name, sep, text = item.partition("=")
         if not sep or not name:
@@ -132,7 +132,7 @@ def plan(
     say: Callable[[str], None] = env.noop,
 ) -> Plan:
     """Compute the run key: env id, code, data, command, params, seed (+ hardware if bitwise)."""
-    train = _train(recipe)
+    train = train_of(recipe)
     current, relocked = env.current_lock(recipe, mode, machine, offline, say)
     with inputs.stat_cache(store.root / "cache" / "stat.sqlite") as cache:
         code = inputs.code_state(recipe, cache)
@@ -185,14 +185,19 @@ def run(
     return _execute(p, built, store, say)
 
 
-def _runtime_dir(store: Store) -> tuple[Path, str]:
-    """A folder holding only builder/runtime.py, for the run's PYTHONPATH (nothing else leaks)."""
-    source = Path(__file__).with_name("runtime.py").read_bytes()
-    digest = hashing.digest_bytes(source)
+RUNTIME_FILES = ("runtime.py", "tensordiff.py")
+
+
+def runtime_dir(store: Store) -> tuple[Path, str]:
+    """A folder holding only builder/runtime.py and builder/tensordiff.py (stdlib-only modules
+    for code inside an environment), for a PYTHONPATH through which nothing else leaks."""
+    sources = {name: Path(__file__).with_name(name).read_bytes() for name in RUNTIME_FILES}
+    digest = hashing.digest_json({k: hashing.digest_bytes(v) for k, v in sources.items()})
     root = store.root / "runtime" / digest.removeprefix(hashing.PREFIX)
-    if not (root / "builder" / "runtime.py").is_file():
-        atomic_write(root / "builder" / "__init__.py", b"")
-        atomic_write(root / "builder" / "runtime.py", source)
+    if not (root / "builder" / "__init__.py").is_file():
+        for name, data in sources.items():
+            atomic_write(root / "builder" / name, data)
+        atomic_write(root / "builder" / "__init__.py", b"")  # last: marks the folder complete
     return root, digest
 
 
@@ -234,7 +239,7 @@ def _execute(p: Plan, built: env.BuildResult, store: Store,
     recipe, train = p.recipe, p.train
     for out in [*train.outputs, *([train.metrics] if train.metrics else [])]:
         (recipe.root / out).unlink(missing_ok=True)  # a stale file must not pass as this run's
-    runtime, runtime_digest = _runtime_dir(store)
+    runtime, runtime_digest = runtime_dir(store)
     argv = render_command(recipe, train, p.seed, p.params)
     say(f"Running {recipe.name} (seed {p.seed}, run key {p.key[7:19]}): {' '.join(argv)}")
     (store.root / "tmp").mkdir(parents=True, exist_ok=True)
@@ -328,3 +333,35 @@ def restore_outputs(recipe: Recipe, store: Store, record: dict[str, Any]) -> dic
         with replacing(target) as tmp:
             shutil.copyfile(obj, tmp)
     return objects
+
+
+def evaluate(recipe: Recipe, store: Store, built: env.BuildResult,
+             say: Callable[[str], None] = env.noop) -> dict[str, Any]:
+    """Run `[reproducibility] evaluate` in the environment on the outputs now in the project.
+
+    Returns the metrics it writes to REPRO_METRICS_FILE (builder.runtime.log_metrics does).
+
+    Raises:
+        BuildError: the command fails or writes no JSON object of metrics.
+    """
+    argv = list(recipe.reproducibility.evaluate)
+    runtime, _ = runtime_dir(store)
+    say(f"Evaluating {recipe.name}: {' '.join(argv)}")
+    (store.root / "tmp").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=store.root / "tmp") as tmp:
+        metrics_file = Path(tmp) / "evaluation.json"
+        variables = {"VIRTUAL_ENV": str(built.path), "PYTHONPATH": str(runtime),
+                     "PATH": f"{built.path / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+                     "REPRO_METRICS_FILE": str(metrics_file)}
+        code, tail = proc.tee(argv, env=proc.clean_env(variables), cwd=recipe.root)
+        if code != 0:
+            raise BuildError(f"the evaluation command exited with status {code}:\n{tail}",
+                             hint="fix reproducibility.evaluate")
+        try:
+            metrics = json.loads(metrics_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise BuildError(f"the evaluation command wrote no JSON metrics: {exc}",
+                             hint="write them with builder.runtime.log_metrics") from exc
+    if not isinstance(metrics, dict):
+        raise BuildError("the evaluation metrics are not a JSON object")
+    return metrics

@@ -8,6 +8,7 @@
         runs/<64 hex>                the record digest of the last successful run with that key
         by-output/<64 hex>/<64 hex>  artefact digest → records of the runs that produced it
         by-recipe/<name>/<64 hex>    recipe name → records of its runs (failed ones too)
+        verifications/<name>/*.json  verification reports, oldest first
         cache/stat.sqlite            file digests by stat, so unchanged data is not re-read
         runtime/<64 hex>/builder/    builder.runtime, put on the PYTHONPATH of runs
 """
@@ -216,6 +217,21 @@ class Store:
                 if _looks_like_record(self, digest):
                     return digest
         return None
+
+    def add_verification(self, recipe_name: str, report: dict[str, Any]) -> Path:
+        """Keep a verification report, named so that listing order is time order."""
+        data = hashing.canonical_json(report)
+        stamp = report["started"].replace(":", "").replace("-", "")
+        path = (self.root / "verifications" / recipe_name
+                / f"{stamp}-{_hex(hashing.digest_bytes(data))[:12]}.json")
+        atomic_write(path, data)
+        return path
+
+    def verifications_of(self, recipe_name: str) -> list[dict[str, Any]]:
+        folder = self.root / "verifications" / recipe_name
+        if not folder.is_dir():
+            return []
+        return [json.loads(p.read_bytes()) for p in sorted(folder.glob("*.json"))]
 
     def remove_env(self, env_id: str) -> None:
         """Remove an environment: renamed away first, so it never looks half there."""

@@ -53,3 +53,12 @@ def test_two_fresh_runs_in_different_places_give_the_same_weights(tmp_path: Path
                   env={"REPRO_HOME": str(tmp_path / "first" / "store")})
     assert found.code == 0
     assert found.json["runs"][0]["run_key"] == a["run_key"]
+
+
+def test_verify_reproduces_the_committed_baseline_bit_for_bit(tmp_path: Path) -> None:
+    copy = shutil.copytree(EXAMPLE, tmp_path / "example")
+    r = repro("verify", "--find-links", MACHINE_WHEELS, "--json", cwd=copy)
+    assert r.code == 0, r.err + r.out
+    assert r.json["verdict"] == "reproduced"
+    assert r.json["standard"] == "bitwise"
+    assert r.json["checks"] == [{**r.json["checks"][0], "ok": True, "detail": "identical"}]

@@ -1,0 +1,88 @@
+"""Verification reports for people: terminal text, Markdown for a pull request, history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_BARS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float]) -> str:
+    """A one-line plot of durations (or anything): oldest left."""
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    return "".join(_BARS[min(7, int((v - low) / span * 7 + 0.5))] for v in values)
+
+
+def _check_line(c: dict[str, Any]) -> str:
+    mark = "ok" if c["ok"] else "DRIFT"
+    if c["kind"] == "output":
+        line = f"{mark:<6} output {c['name']} (seed {c['seed']}): {c['detail']}"
+        for t in (c.get("tensors") or {}).get("tensors", []):
+            if not t.get("equal", False):
+                line += (f"\n         {t['name']}: {t.get('differ', '?')} of "
+                         f"{t.get('elements', '?')} elements differ, max abs "
+                         f"{t.get('max_abs', '?'):.3g}, max rel {t.get('max_rel', '?'):.3g}"
+                         if "max_abs" in t else f"\n         {t['name']}: {t}")
+        return line
+    return (f"{mark:<6} metric {c['name']}: mean {c['mean']:.6g} vs baseline "
+            f"{c['baseline_mean']:.6g} (n={c['n']} vs {c['n_baseline']}; spread "
+            f"{c['spread']:.3g} vs {c['baseline_spread']:.3g}); |difference| "
+            f"{c['difference']:.3g} <= {c['threshold']:.3g}? {'yes' if c['ok'] else 'no'}")
+
+
+def _inputs_only(report: dict[str, Any]) -> str:
+    if report["causes"] and all(c["ok"] for c in report["checks"]):
+        return ("the results still match the baseline, but the recipe's inputs changed; if "
+                "the change is intended, record it with `repro baseline set`")
+    return ""
+
+
+def text(report: dict[str, Any]) -> str:
+    lines = [f"{report['verdict']}: {report['recipe']} ({report['standard']}) against "
+             f"{report['baseline']}"]
+    lines += [f"cause  {c['kind']}: {c['detail']}" for c in report["causes"]]
+    lines += [_check_line(c) for c in report["checks"]]
+    if _inputs_only(report):
+        lines.append(_inputs_only(report))
+    lines += [f"declared nondeterminism: {n['source']} ({n['reason']})"
+              for n in report["nondeterminism"]]
+    lines.append(f"time to reproduce {report['duration']:.2f}s (baseline "
+                 f"{report['baseline_duration']:.2f}s)")
+    return "\n".join(lines)
+
+
+def markdown(report: dict[str, Any], history: list[dict[str, Any]]) -> str:
+    """A report a reviewer reads in a pull request."""
+    icon = "✅" if report["verdict"] == "reproduced" else "❌"
+    out = [f"# {icon} `{report['recipe']}`: **{report['verdict']}**", "",
+           f"Standard: `{report['standard']}` · baseline: `{report['baseline']}` · "
+           f"verified {report['started']}", ""]
+    out += ["## What changed", ""]
+    if report["causes"]:
+        out += ["| identity | change |", "|---|---|"]
+        out += [f"| {c['kind']} | {c['detail']} |" for c in report["causes"]]
+    else:
+        out.append("No identity changed: same environment, code, data, params and seed.")
+    out += ["", "## Comparison", "", "```", *(_check_line(c) for c in report["checks"]), "```",
+            ""]
+    if _inputs_only(report):
+        out += [f"Note: {_inputs_only(report)}.", ""]
+    out += ["## Declared nondeterminism", ""]
+    out += [f"- **{n['source']}**: {n['reason']}"
+            + (f" (metric `{n['metric']}`)" if n["metric"] else "")
+            + (f", abs ≤ {n['abs']}" if n["abs"] is not None else "")
+            + (f", rel ≤ {n['rel']}" if n["rel"] is not None else "")
+            for n in report["nondeterminism"]] or ["None declared."]
+    out += ["", "## Time to reproduce", "",
+            f"{report['duration']:.2f}s, baseline {report['baseline_duration']:.2f}s", ""]
+    if history:
+        durations = [h["duration"] for h in history]
+        out += [f"History ({len(history)} verifications, oldest first): "
+                f"`{sparkline(durations)}`", "",
+                "| when | verdict | seconds |", "|---|---|---|"]
+        out += [f"| {h['started']} | {h['verdict']} | {h['duration']:.2f} |"
+                for h in history[-10:]]
+    return "\n".join(out) + "\n"
