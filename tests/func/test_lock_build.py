@@ -16,13 +16,16 @@ pytestmark = pytest.mark.network
 LOCKS = ROOT / "lockfiles" / "digits-logreg"
 
 
+LOCK_FILES = ("pylock.toml", "repro.lock")
+
+
 def lock_bytes(project: Path) -> dict[str, bytes]:
     folder = project / "lockfiles" / "digits-logreg"
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    return {name: (folder / name).read_bytes() for name in LOCK_FILES}
 
 
 def committed() -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(LOCKS.iterdir())}
+    return {name: (LOCKS / name).read_bytes() for name in LOCK_FILES}
 
 
 def test_committed_lock_matches_the_default_recipe(project: Path) -> None:

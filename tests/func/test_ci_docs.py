@@ -1,0 +1,60 @@
+"""docs/ci.md: both workflows are valid YAML, and their repro commands pass on this repository."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import MACHINE_WHEELS, ROOT
+from tests.func.helpers import repro
+
+DOC = ROOT / "docs" / "ci.md"
+
+
+def workflows() -> list[dict]:  # type: ignore[type-arg]
+    return [yaml.safe_load(block)
+            for block in re.findall(r"```yaml\n(.*?)```", DOC.read_text(), re.DOTALL)]
+
+
+def commands(node: object) -> list[str]:
+    """Every `repro …` command line in a workflow (GitHub `run:` steps, GitLab `script:`)."""
+    if isinstance(node, dict):
+        return [c for v in node.values() for c in commands(v)]
+    if isinstance(node, list):
+        return [c for v in node for c in commands(v)]
+    return [node] if isinstance(node, str) and node.startswith("repro ") else []
+
+
+def test_both_workflows_parse_and_check_locks_on_change_and_verify_on_schedule() -> None:
+    github, gitlab = workflows()
+    assert set(github["jobs"]) == {"lock-check", "verify"}
+    triggers = github.get("on", github.get(True))  # YAML 1.1 (PyYAML) reads `on` as true
+    assert "schedule" in triggers
+    assert "repro lock --check" in commands(github["jobs"]["lock-check"])
+    assert "repro verify --report verify.md" in commands(github["jobs"]["verify"])
+    assert "repro lock --check" in gitlab["lock-check"]["script"]
+    assert gitlab["verify"]["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "schedule"'}]
+    assert commands(github) == commands(gitlab)
+
+
+@pytest.mark.network
+@pytest.mark.skipif(not Path(MACHINE_WHEELS or "/nonexistent").is_dir(),
+                    reason="the torch example needs the machine's torch CPU wheel folder")
+def test_the_workflow_commands_pass_on_this_repository(tmp_path: Path) -> None:
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for name in ("repro.toml", "train.py", "data", "lockfiles"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, checkout / name)
+    shutil.copytree(ROOT / "examples" / "torch-mlp", checkout / "examples" / "torch-mlp",
+                    ignore=shutil.ignore_patterns("model.pt", "metrics.json"))
+    github, _ = workflows()
+    for line in commands(github):
+        r = repro(*shlex.split(line)[1:], cwd=checkout, env={"REPRO_FIND_LINKS": MACHINE_WHEELS})
+        assert r.code == 0, f"{line}: {r.err}"
+    assert "**reproduced**" in (checkout / "verify-torch.md").read_text()

@@ -1,0 +1,101 @@
+"""Verification logic on synthetic records: bounds, causes, baselines, reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from builder import baseline, report, verify
+from builder.errors import InputError
+from builder.recipe import Tolerance, parse_recipe
+
+RECIPE = '[recipe]\nname = "m"\nschema = 1\n[environment]\npython = "3.11"\n' \
+         '[train]\ncommand = ["python", "t.py"]\nseed = 1\n'
+
+
+def record(**changes: Any) -> dict[str, Any]:
+    r: dict[str, Any] = {
+        "recipe": {"name": "m"}, "exit_status": 0, "run_key": "blake3:k", "seed": 1,
+        "env": "blake3:" + "e" * 64, "software": {"packages": {"numpy": "2.4.6"}},
+        "code": {"digest": "blake3:c", "commit": None, "dirty": None},
+        "data": {"train": {"path": "d.csv", "digest": "blake3:d"}},
+        "params": {"lr": 0.1}, "hardware_class": {"arch": "x86_64", "cpu": "A", "gpus": []},
+        "outputs": [{"path": "m.npz", "digest": "blake3:o", "size": 1}],
+        "metrics": {"accuracy": 0.9}, "duration": 1.5,
+    }
+    r.update(changes)
+    return r
+
+
+def test_bounds_add_abs_and_rel_of_the_baseline_and_declared_sources() -> None:
+    assert verify._bound(0.8, Tolerance(abs=0.01)) == pytest.approx(0.01)
+    assert verify._bound(0.8, Tolerance(rel=0.1)) == pytest.approx(0.08)
+    assert verify._bound(-2.0, Tolerance(abs=0.01, rel=0.1), [Tolerance(abs=0.5)]) == \
+        pytest.approx(0.71)
+
+
+def test_causes_name_each_changed_identity(tmp_path: Path) -> None:
+    recipe = parse_recipe(RECIPE, tmp_path / "repro.toml")
+    base = baseline.from_records(recipe, [("blake3:r", record())])
+    assert verify.causes(base, record(), "bitwise") == []
+    changed = record(env="blake3:" + "f" * 64, software={"packages": {"numpy": "2.3.5",
+                                                                      "six": "1.17.0"}},
+                     code={"digest": "blake3:c2", "commit": "abc", "dirty": True},
+                     data={"train": {"path": "d.csv", "digest": "blake3:d2"}},
+                     params={"lr": 0.2}, seed=2,
+                     hardware_class={"arch": "x86_64", "cpu": "B", "gpus": []})
+    kinds = {c["kind"]: c["detail"] for c in verify.causes(base, changed, "bitwise")}
+    assert kinds["env"] == "packages: numpy 2.4.6 → 2.3.5, +six 1.17.0"
+    assert kinds["code"].endswith("(commit abc, dirty)")
+    assert kinds["data"] == "data.train changed"
+    assert kinds["params"] == "lr: 0.1 → 0.2"
+    assert kinds["seed"] == "seed 1 → 2"
+    assert "hardware" in kinds
+    statistical = {c["kind"] for c in verify.causes(base, changed, "statistical")}
+    assert "seed" not in statistical and "hardware" not in statistical
+
+
+def test_a_baseline_takes_runs_that_differ_only_in_seed(tmp_path: Path) -> None:
+    recipe = parse_recipe(RECIPE, tmp_path / "repro.toml")
+    two = baseline.from_records(recipe, [("blake3:b", record(seed=2)), ("blake3:a", record())])
+    assert [r["seed"] for r in two["runs"]] == [1, 2]
+    with pytest.raises(InputError, match="differs in params"):
+        baseline.from_records(recipe, [("blake3:a", record()),
+                                       ("blake3:b", record(seed=2, params={"lr": 1}))])
+    with pytest.raises(InputError, match="is of recipe 'other'"):
+        baseline.from_records(recipe, [("blake3:a", record(recipe={"name": "other"}))])
+    with pytest.raises(InputError, match="failed; a baseline must be a good run"):
+        baseline.from_records(recipe, [("blake3:a", record(exit_status=1))])
+
+
+def test_a_written_baseline_reads_back_and_is_canonical(tmp_path: Path) -> None:
+    recipe = parse_recipe(RECIPE, tmp_path / "repro.toml")
+    data = baseline.from_records(recipe, [("blake3:a", record())])
+    path = baseline.path_of(recipe)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(json.dumps(data, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+    assert baseline.load(recipe) == data
+
+
+def test_reports_say_the_verdict_causes_and_history() -> None:
+    result = {"recipe": "m", "standard": "bitwise", "verdict": "drifted", "baseline": "b.json",
+              "causes": [{"kind": "seed", "detail": "seed 1 → 2"}],
+              "checks": [{"kind": "output", "name": "m.npz", "seed": 2, "ok": False,
+                          "detail": "1 of 1 tensors differ",
+                          "tensors": {"tensors": [{"name": "w", "equal": False, "differ": 3,
+                                                   "elements": 4, "max_abs": 0.5,
+                                                   "max_rel": 0.25}]}}],
+              "nondeterminism": [{"source": "gpu", "reason": "atomics", "metric": None,
+                                  "abs": 1e-6, "rel": None}],
+              "duration": 2.0, "baseline_duration": 1.5, "started": "2026-11-27T10:00:00Z"}
+    text = report.text(result)
+    assert text.splitlines()[0] == "drifted: m (bitwise) against b.json"
+    assert "w: 3 of 4 elements differ, max abs 0.5, max rel 0.25" in text
+    md = report.markdown(result, [{**result, "duration": d} for d in (1.0, 2.0, 4.0)])
+    assert md.startswith("# ❌ `m`: **drifted**")
+    assert "| seed | seed 1 → 2 |" in md
+    assert "- **gpu**: atomics, abs ≤ 1e-06" in md
+    assert "`▁▃█`" in md
