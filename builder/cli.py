@@ -167,9 +167,28 @@ def _mode(locked: bool, frozen: bool) -> str:
 @_sources
 @click.option("--locked", is_flag=True, help="Fail if the lock is out of date.")
 @click.option("--frozen", is_flag=True, help="Use the lock without checking it.")
+@click.option("--image", is_flag=True, help="Build an OCI image instead of a virtualenv.")
+@click.option("-o", "--output", type=click.Path(file_okay=False), metavar="DIR",
+              help="With --image: the OCI layout folder [default: $REPRO_HOME/images/<name>]; "
+                   "the docker-load archive is DIR.tar.")
 def build_cmd(recipe: str | None, machine: Any, offline: bool, locked: bool,
-              frozen: bool) -> None:
-    """Materialise the lock as a virtualenv in the store (a lookup if it exists)."""
+              frozen: bool, image: bool, output: str | None) -> None:
+    """Materialise the lock as a virtualenv in the store (a lookup if it exists), or with
+    --image as a reproducible OCI image (layout and docker-load archive)."""
+    if image:
+        from pathlib import Path  # noqa: PLC0415
+
+        from builder.image.build import build_image  # noqa: PLC0415
+
+        img = build_image(_recipe(recipe), store=_store(), mode=_mode(locked, frozen),
+                          machine=machine, offline=offline,
+                          output=Path(output).resolve() if output else None, say=OUT.say)
+        _emit(img.to_json(), f"{img.digest}  {img.tag}\n  layout  {img.layout}\n"
+                             f"  archive {img.archive}\n  {len(img.layers)} layers, "
+                             f"{img.to_json()['cached_layers']} from the store")
+        return
+    if output:
+        raise click.UsageError("--output goes with --image")
     from builder.env import build  # noqa: PLC0415
 
     result = build(_recipe(recipe), store=_store(), mode=_mode(locked, frozen), machine=machine,

@@ -27,6 +27,7 @@ class CodeState:
     files: int
     commit: str | None
     dirty: bool | None
+    paths: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"digest": self.digest, "files": self.files, "commit": self.commit,
@@ -122,7 +123,8 @@ def code_state(recipe: Recipe, cache: StatCache) -> CodeState:
              and not _matches(rel, recipe.code.exclude + _ALWAYS_EXCLUDED)
              and ((root / rel).is_file() or (root / rel).is_symlink())]
     commit, dirty = _git_facts(root, files) if tracked is not None else (None, None)
-    return CodeState(hashing.tree_digest(root, files, cache.digest), len(files), commit, dirty)
+    return CodeState(hashing.tree_digest(root, files, cache.digest), len(files), commit, dirty,
+                     tuple(files))
 
 
 def data_digests(recipe: Recipe, cache: StatCache) -> dict[str, str]:

@@ -1,0 +1,203 @@
+"""`repro build --image`: a lock as OCI layers, one per package, the code on top.
+
+Each package layer is named by what it holds (package, version, wheel sha256, target,
+prefix, mtime) and kept in the store, so a rebuild after a code change writes only the top
+layer, and a change of one small package does not touch the torch layer.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from builder import env, hashing, inputs, lock, proc, pylock
+from builder.errors import BuildError, InputError, ToolError
+from builder.image import layout, tarball
+from builder.recipe import Recipe
+from builder.resolve import NO_MACHINE_SOURCES, MachineSources, source_args
+from builder.store import Store, atomic_write
+
+LAYER_FORMAT = "repro.layer/v2"
+SITE = "opt/repro/site-packages"
+ARCHITECTURES = {"linux/x86_64": "amd64", "linux/aarch64": "arm64"}
+MAX_LAYERS = 100
+# Files an installer writes that say where or when, not what: never in a layer.
+_HOST_FACTS = ("direct_url.json", "uv_cache.json")
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    digest: str
+    config: str
+    layout: Path
+    archive: Path
+    tag: str
+    layers: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"image": self.digest, "config": self.config, "layout": str(self.layout),
+                "archive": str(self.archive), "tag": self.tag, "layers": self.layers,
+                "cached_layers": sum(1 for x in self.layers if x["cached"])}
+
+
+def _record_line(path: Path, rel: str) -> str:
+    data = path.read_bytes()
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{rel},sha256={digest},{len(data)}"
+
+
+def _portable_shebang(path: Path) -> bool:
+    """Replace a shebang naming this host's Python by `/usr/bin/env python3`."""
+    if not path.is_file() or path.is_symlink():
+        return False
+    text = path.read_bytes()
+    first, sep, rest = text.partition(b"\n")
+    if not (first.startswith(b"#!") and b"python" in first and sep):
+        return False
+    path.write_bytes(b"#!/usr/bin/env python3\n" + rest)
+    return True
+
+
+def normalise(target: Path) -> None:
+    """Remove installer facts (direct_url.json, caches, bytecode) and host-path shebangs
+    from a `--target` install, keeping each RECORD true to what is left."""
+    for record in target.glob("*.dist-info/RECORD"):
+        kept = []
+        for entry in record.read_text().splitlines():
+            rel = entry.rsplit(",", 2)[0]
+            path = target / rel
+            if Path(rel).name in _HOST_FACTS or "__pycache__" in rel:
+                path.unlink(missing_ok=True)
+            elif rel.startswith("bin/") and _portable_shebang(path):
+                kept.append(_record_line(path, rel))
+            else:
+                kept.append(entry)
+        record.write_text("\n".join(kept) + "\n")
+    for cache in sorted(target.rglob("__pycache__"), reverse=True):
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _package_layer(recipe: Recipe, store: Store, pkg: pylock.Package,
+                   machine: MachineSources, offline: bool) -> tuple[tarball.Layer, bool]:
+    key = hashing.digest_json({
+        "format": LAYER_FORMAT, "package": pkg.identity(), "python": recipe.environment.python,
+        "platform": recipe.environment.platform, "prefix": SITE, "mtime": recipe.image.mtime})
+    cached = store.root / "layers" / key.removeprefix(hashing.PREFIX)
+    if (cached / "layer.json").is_file():
+        meta = json.loads((cached / "layer.json").read_text())
+        return tarball.Layer(meta["diff_id"], meta["digest"], meta["size"],
+                             (cached / "layer.tar.gz").read_bytes()), True
+    with tempfile.TemporaryDirectory(dir=store.root / "tmp") as tmp:
+        target = Path(tmp) / "site"
+        req = Path(tmp) / "requirements.txt"
+        req.write_text(pylock.requirements_txt([pkg]))
+        argv = [proc.uv_bin(), "--no-config", "pip", "install", "--quiet", "--target",
+                str(target), "--python-version", recipe.environment.python,
+                "--python-platform", recipe.environment.uv_platform, "--no-deps",
+                "--require-hashes", "--no-compile", "--no-build",
+                *source_args(recipe, machine), "-r", str(req)]
+        if offline:
+            argv.append("--offline")
+        try:
+            proc.run(argv, env=proc.clean_env({"UV_PYTHON_DOWNLOADS": "never"}))
+        except ToolError as exc:
+            raise BuildError(f"installing {pkg.name} {pkg.version} for the image failed; no "
+                             f"image was written\n{exc.message}",
+                             hint="a wheel for the recipe's platform must be in the lock "
+                                  "(images never build sdists)") from exc
+        normalise(target)
+        built = tarball.layer([(target, SITE)], recipe.image.mtime)
+    atomic_write(cached / "layer.tar.gz", built.data)
+    atomic_write(cached / "layer.json", json.dumps(
+        {"diff_id": built.diff_id, "digest": built.digest, "size": built.size}).encode())
+    return built, False
+
+
+def _code_layer(recipe: Recipe, code: inputs.CodeState, tmp: Path) -> tarball.Layer:
+    """The code, the recipe and its lock, at the image's workdir."""
+    tree = tmp / "work"
+    lock_rel = recipe.lock_dir.relative_to(recipe.root)
+    files = [*code.paths, recipe.path.name, str(lock_rel / lock.PYLOCK),
+             str(lock_rel / lock.REPRO_LOCK)]
+    for rel in sorted(set(files)):
+        dest = tree / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        src = recipe.root / rel
+        if src.is_symlink():
+            dest.symlink_to(src.readlink())
+        else:
+            shutil.copy(src, dest)  # contents and mode bits; the tar writer fixes the rest
+    return tarball.layer([(tree, recipe.image.workdir)], recipe.image.mtime)
+
+
+def build_image(
+    recipe: Recipe, *, store: Store, mode: str = "auto",
+    machine: MachineSources = NO_MACHINE_SOURCES, offline: bool = False,
+    output: Path | None = None, say: Callable[[str], None] = env.noop,
+) -> ImageResult:
+    """Build the recipe's image as an OCI layout and a docker-load archive.
+
+    The digest follows from the recipe, the lock and the code alone: not from the time,
+    the folder, the umask or SOURCE_DATE_EPOCH (the recipe's image.mtime is the one time).
+
+    Raises:
+        InputError: a base other than scratch (not supported yet), a non-Linux target, too
+            many packages for one layer each, or an output path that is not an OCI layout.
+        BuildError: a package could not be installed for the target.
+    """
+    if recipe.image.base != "scratch":
+        raise InputError(f"{recipe.path}: image.base {recipe.image.base!r}: this version of "
+                         "repro builds images from scratch only",
+                         hint='set image.base = "scratch" (pulling bases by digest is next)')
+    arch = ARCHITECTURES.get(recipe.environment.platform)
+    if arch is None:
+        raise InputError(f"{recipe.path}: images are Linux images; environment.platform is "
+                         f"{recipe.environment.platform}",
+                         hint=f"use one of: {', '.join(ARCHITECTURES)}")
+    current, _ = env.current_lock(recipe, mode, machine, offline, say)
+    if len(current.packages) >= MAX_LAYERS:
+        raise InputError(f"{recipe.name} locks {len(current.packages)} packages; one layer "
+                         f"each would pass the {MAX_LAYERS}-layer limit of some engines")
+    (store.root / "tmp").mkdir(parents=True, exist_ok=True)
+    layers, described = [], []
+    for pkg in sorted(current.packages, key=lambda p: p.name):
+        say(f"Layer {pkg.name} {pkg.version}")
+        built, cached = _package_layer(recipe, store, pkg, machine, offline)
+        layers.append(built)
+        described.append({"content": f"{pkg.name} {pkg.version}", "diff_id": built.diff_id,
+                          "digest": built.digest, "size": built.size, "cached": cached})
+    with inputs.stat_cache(store.root / "cache" / "stat.sqlite") as cache:
+        code = inputs.code_state(recipe, cache)
+    with tempfile.TemporaryDirectory(dir=store.root / "tmp") as tmp:
+        top = _code_layer(recipe, code, Path(tmp))
+    layers.append(top)
+    described.append({"content": "code, recipe and lock", "diff_id": top.diff_id,
+                      "digest": top.digest, "size": top.size, "cached": False})
+    labels = {**recipe.image.labels,
+              "org.opencontainers.image.title": recipe.name,
+              "dev.repro.recipe": recipe.name,
+              "dev.repro.recipe-digest": recipe.digest(),
+              "dev.repro.env-id": current.env_id,
+              "dev.repro.lock-digest": current.pylock_digest}
+    created = dt.datetime.fromtimestamp(recipe.image.mtime, dt.UTC).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+    image = layout.assemble(
+        layers, architecture=arch, workdir=recipe.image.workdir,
+        entrypoint=list(recipe.image.entrypoint), labels=labels, created=created,
+        env={"PYTHONPATH": f"/{SITE}",
+             "PATH": f"/{SITE}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+             **recipe.image.env})
+    tag = f"{recipe.name}:{current.env_id.removeprefix(hashing.PREFIX)[:12]}"
+    folder = output or store.root / "images" / recipe.name
+    layout.write_layout(image, folder, tag)
+    archive = folder.with_name(folder.name + ".tar")
+    layout.write_archive(image, archive, f"localhost/{tag}")
+    return ImageResult(image.digest, image.config_digest, folder, archive, tag, described)

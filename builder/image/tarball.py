@@ -1,0 +1,101 @@
+"""Deterministic tar layers: the same files give the same bytes on any machine.
+
+Sorted entries, PAX format, uid/gid 0 with empty owner names, one fixed mtime, modes
+normalised (directories and executables 0755, other files 0644), no xattrs, hard links
+and symlinks kept. gzip with an empty name and a zero timestamp in its header; its bytes
+still depend on zlib, so the uncompressed digest (the OCI diff_id) is the identity.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import stat
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layer:
+    diff_id: str  # sha256 of the uncompressed tar
+    digest: str  # sha256 of the gzip blob
+    size: int  # of the gzip blob
+    data: bytes  # the gzip blob
+
+
+def _info(name: str, st: os.stat_result, mtime: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mtime = mtime
+    info.mode = 0o755 if stat.S_ISDIR(st.st_mode) or st.st_mode & 0o111 else 0o644
+    return info
+
+
+def _entries(trees: Iterable[tuple[Path, str]]) -> dict[str, Path | None]:
+    """Archive name → path on disk for every file and folder; None for a prefix's parents."""
+    found: dict[str, Path | None] = {}
+    for root, prefix in trees:
+        parts = [p for p in prefix.strip("/").split("/") if p]
+        for i in range(1, len(parts)):
+            found.setdefault("/".join(parts[:i]), None)
+        for dirpath, dirnames, filenames in os.walk(root):
+            base = Path(dirpath)
+            rel = [] if base == root else base.relative_to(root).parts
+            if parts or rel:
+                found["/".join([*parts, *rel])] = base
+            for name in dirnames + filenames:
+                found["/".join([*parts, *rel, name])] = base / name
+    return found
+
+
+def _dir(name: str, mtime: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, mtime
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def tar_tree(trees: Iterable[tuple[Path, str]], mtime: int = 0) -> bytes:
+    """An uncompressed tar of folders placed at prefixes: [(folder, "opt/repro/site")]."""
+    buf = io.BytesIO()
+    inodes: dict[tuple[int, int], str] = {}
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, path in sorted(_entries(trees).items()):
+            if path is None or (path.is_dir() and not path.is_symlink()):
+                tar.addfile(_dir(name, mtime))
+                continue
+            st = path.lstat()
+            info = _info(name, st, mtime)
+            if stat.S_ISLNK(st.st_mode):
+                info.type, info.linkname, info.mode = tarfile.SYMTYPE, os.readlink(path), 0o777
+                tar.addfile(info)
+            elif st.st_nlink > 1 and (st.st_dev, st.st_ino) in inodes:
+                info.type, info.linkname = tarfile.LNKTYPE, inodes[(st.st_dev, st.st_ino)]
+                tar.addfile(info)
+            else:
+                inodes[(st.st_dev, st.st_ino)] = name
+                info.size = st.st_size
+                with path.open("rb") as f:
+                    tar.addfile(info, f)
+    return buf.getvalue()
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    """gzip with a fixed header: no file name, mtime 0, level 6."""
+    out = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=6) as gz:
+        gz.write(data)
+    return out.getvalue()
+
+
+def layer(trees: Iterable[tuple[Path, str]], mtime: int = 0) -> Layer:
+    raw = tar_tree(trees, mtime)
+    blob = gzip_bytes(raw)
+    return Layer("sha256:" + hashlib.sha256(raw).hexdigest(),
+                 "sha256:" + hashlib.sha256(blob).hexdigest(), len(blob), blob)

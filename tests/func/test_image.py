@@ -1,0 +1,97 @@
+"""`repro build --image`: the same digest under varied conditions; skopeo and umoci accept it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.func.helpers import repro
+
+pytestmark = pytest.mark.network
+needs = pytest.mark.skipif(not (shutil.which("skopeo") and shutil.which("umoci")),
+                           reason="skopeo and umoci are installed by .ci/run (Debian packages)")
+
+
+def build(project: Path, out: Path, **env: str) -> dict:  # type: ignore[type-arg]
+    r = repro("build", "--image", "-o", out, "--json", cwd=project, env=env)
+    assert r.code == 0, r.err
+    return r.json  # type: ignore[no-any-return]
+
+
+def test_two_builds_under_varied_conditions_give_one_digest(project: Path, tmp_path: Path) -> None:
+    first = build(project, tmp_path / "a")
+    other = tmp_path / "far" / "away"
+    shutil.copytree(project, other)
+    old = os.umask(0o027)
+    try:
+        second = build(other, tmp_path / "b", REPRO_HOME=str(tmp_path / "store2"),
+                       SOURCE_DATE_EPOCH="1700000000", TZ="Asia/Tokyo")
+    finally:
+        os.umask(old)
+    assert first["image"] == second["image"]
+    assert first["cached_layers"] == second["cached_layers"] == 0
+    assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
+    for folder in ("a", "b"):
+        files = sorted(p.relative_to(tmp_path / folder) for p in (tmp_path / folder).rglob("*"))
+        assert files == sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*"))
+
+
+def test_a_code_change_rewrites_only_the_top_layer(project: Path, tmp_path: Path) -> None:
+    first = build(project, tmp_path / "a")
+    (project / "train.py").write_text((project / "train.py").read_text() + "\n# tuned\n")
+    second = build(project, tmp_path / "a")
+    assert second["image"] != first["image"]
+    assert [x["digest"] for x in second["layers"][:-1]] == \
+        [x["digest"] for x in first["layers"][:-1]]
+    assert second["layers"][-1]["digest"] != first["layers"][-1]["digest"]
+    assert second["cached_layers"] == len(second["layers"]) - 1
+
+
+@needs
+def test_skopeo_and_umoci_accept_the_image(project: Path, tmp_path: Path) -> None:
+    image = build(project, tmp_path / "img")
+    inspect = subprocess.run(["skopeo", "inspect", f"oci:{tmp_path / 'img'}"],
+                             capture_output=True, text=True, check=True)
+    facts = json.loads(inspect.stdout)
+    assert facts["Digest"] == image["image"]
+    assert facts["Labels"]["dev.repro.recipe"] == "digits-logreg"
+    env_id = repro("lock", "--check", "--json", cwd=project).json["env"]
+    assert facts["Labels"]["dev.repro.env-id"] == env_id
+    assert "PYTHONPATH=/opt/repro/site-packages" in facts["Env"]
+    archive = subprocess.run(["skopeo", "inspect", f"docker-archive:{tmp_path / 'img.tar'}"],
+                             capture_output=True, text=True, check=True)
+    assert json.loads(archive.stdout)["Labels"] == facts["Labels"]
+
+    bundle = tmp_path / "bundle"
+    subprocess.run(["umoci", "unpack", "--rootless", "--image",
+                    f"{tmp_path / 'img'}:{image['tag']}", str(bundle)],
+                   check=True, capture_output=True)
+    site = bundle / "rootfs" / "opt/repro/site-packages"
+    assert (site / "numpy" / "__init__.py").is_file()
+    assert (site / "bin" / "f2py").read_text().startswith("#!/usr/bin/env python3\n")
+    assert not list(site.rglob("direct_url.json"))
+    assert not list(site.rglob("__pycache__"))
+    work = bundle / "rootfs" / "work"
+    assert sorted(p.name for p in work.iterdir()) == ["lockfiles", "repro.toml", "train.py"]
+    assert (work / "train.py").stat().st_mtime == 0
+
+
+def test_bad_image_inputs(project: Path, tmp_path: Path) -> None:
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "precious.txt").write_text("keep me")
+    r = repro("build", "--image", "-o", taken, cwd=project)
+    assert r.code == 2
+    assert "exists and is not an OCI image layout" in r.err
+    assert (taken / "precious.txt").read_text() == "keep me"
+    recipe = project / "repro.toml"
+    recipe.write_text(recipe.read_text() + '\n[image]\nbase = "registry.local/python@sha256:'
+                      + "a" * 64 + '"\n')
+    r = repro("build", "--image", cwd=project)
+    assert r.code == 2
+    assert "builds images from scratch only" in r.err
