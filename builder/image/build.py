@@ -20,7 +20,8 @@ from typing import Any
 
 from builder import env, hashing, inputs, lock, proc, pylock
 from builder.errors import BuildError, InputError, ToolError
-from builder.image import layout, tarball
+from builder.image import base as bases
+from builder.image import layout, registry, tarball
 from builder.recipe import Recipe
 from builder.resolve import NO_MACHINE_SOURCES, MachineSources, source_args
 from builder.store import Store, atomic_write
@@ -141,7 +142,8 @@ def _code_layer(recipe: Recipe, code: inputs.CodeState, tmp: Path) -> tarball.La
 def build_image(
     recipe: Recipe, *, store: Store, mode: str = "auto",
     machine: MachineSources = NO_MACHINE_SOURCES, offline: bool = False,
-    output: Path | None = None, say: Callable[[str], None] = env.noop,
+    output: Path | None = None, push: str | None = None,
+    say: Callable[[str], None] = env.noop,
 ) -> ImageResult:
     """Build the recipe's image as an OCI layout and a docker-load archive.
 
@@ -149,25 +151,28 @@ def build_image(
     the folder, the umask or SOURCE_DATE_EPOCH (the recipe's image.mtime is the one time).
 
     Raises:
-        InputError: a base other than scratch (not supported yet), a non-Linux target, too
-            many packages for one layer each, or an output path that is not an OCI layout.
+        InputError: a non-Linux target, a base without the lock's Python, too many packages
+            for one layer each, or an output path that is not an OCI layout.
+        RegistryError: the base's registry cannot be reached or serves other bytes.
         BuildError: a package could not be installed for the target.
     """
-    if recipe.image.base != "scratch":
-        raise InputError(f"{recipe.path}: image.base {recipe.image.base!r}: this version of "
-                         "repro builds images from scratch only",
-                         hint='set image.base = "scratch" (pulling bases by digest is next)')
     arch = ARCHITECTURES.get(recipe.environment.platform)
     if arch is None:
         raise InputError(f"{recipe.path}: images are Linux images; environment.platform is "
                          f"{recipe.environment.platform}",
                          hint=f"use one of: {', '.join(ARCHITECTURES)}")
     current, _ = env.current_lock(recipe, mode, machine, offline, say)
-    if len(current.packages) >= MAX_LAYERS:
+    (store.root / "tmp").mkdir(parents=True, exist_ok=True)
+    if recipe.image.base != "scratch":
+        say(f"Base {recipe.image.base}")
+    base = bases.load(recipe.image.base, store, arch)
+    bases.check_interpreter(base, recipe.environment.python, recipe.path)
+    if len(base.layers) + len(current.packages) >= MAX_LAYERS:
         raise InputError(f"{recipe.name} locks {len(current.packages)} packages; one layer "
                          f"each would pass the {MAX_LAYERS}-layer limit of some engines")
-    (store.root / "tmp").mkdir(parents=True, exist_ok=True)
-    layers, described = [], []
+    layers = list(base.layers)
+    described = [{"content": f"base {base.digest}", "diff_id": x.diff_id, "digest": x.digest,
+                  "size": x.size, "cached": True} for x in base.layers]
     for pkg in sorted(current.packages, key=lambda p: p.name):
         say(f"Layer {pkg.name} {pkg.version}")
         built, cached = _package_layer(recipe, store, pkg, machine, offline)
@@ -189,15 +194,37 @@ def build_image(
               "dev.repro.lock-digest": current.pylock_digest}
     created = dt.datetime.fromtimestamp(recipe.image.mtime, dt.UTC).strftime(
         "%Y-%m-%dT%H:%M:%SZ")
+    base_config = base.config.get("config", {})
+    base_env = dict(e.split("=", 1) for e in base_config.get("Env") or [])
+    path = base_env.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     image = layout.assemble(
         layers, architecture=arch, workdir=recipe.image.workdir,
-        entrypoint=list(recipe.image.entrypoint), labels=labels, created=created,
-        env={"PYTHONPATH": f"/{SITE}",
-             "PATH": f"/{SITE}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        entrypoint=list(recipe.image.entrypoint or base_config.get("Entrypoint") or []),
+        cmd=None if recipe.image.entrypoint else base_config.get("Cmd"),
+        labels={**(base_config.get("Labels") or {}), **labels}, created=created,
+        env={**base_env, "PYTHONPATH": f"/{SITE}", "PATH": f"/{SITE}/bin:{path}",
              **recipe.image.env})
     tag = f"{recipe.name}:{current.env_id.removeprefix(hashing.PREFIX)[:12]}"
     folder = output or store.root / "images" / recipe.name
     layout.write_layout(image, folder, tag)
     archive = folder.with_name(folder.name + ".tar")
     layout.write_archive(image, archive, f"localhost/{tag}")
+    if push:
+        say(f"Pushing to {push}")
+        push_image(image, push)
     return ImageResult(image.digest, image.config_digest, folder, archive, tag, described)
+
+
+def push_image(image: layout.Image, ref: str) -> None:
+    """Upload the blobs the registry lacks, then the manifest under the reference's tag.
+
+    Raises:
+        RegistryError: the registry cannot be reached or refuses an upload.
+    """
+    target = registry.Reference.parse(ref)
+    client = registry.Registry(target.registry)
+    client.push_blob(target.repository, image.config_digest, image.config)
+    for x in image.layers:
+        client.push_blob(target.repository, x.digest, x.data)
+    client.push_manifest(target.repository, target.tag or "latest", image.manifest,
+                         layout.MANIFEST_TYPE)

@@ -48,7 +48,7 @@ class Image:
 
 def assemble(layers: list[Layer], *, architecture: str, env: dict[str, str],
              entrypoint: list[str], workdir: str, labels: dict[str, str],
-             created: str) -> Image:
+             created: str, cmd: list[str] | None = None) -> Image:
     """The config (rootfs diff_ids, env, entrypoint, workdir, labels, fixed `created`) and
     the manifest that names it and the layers."""
     config = _json({
@@ -56,7 +56,7 @@ def assemble(layers: list[Layer], *, architecture: str, env: dict[str, str],
         "os": "linux",
         "created": created,
         "config": {"Env": [f"{k}={v}" for k, v in sorted(env.items())],
-                   "Entrypoint": entrypoint or None, "WorkingDir": workdir,
+                   "Entrypoint": entrypoint or None, "Cmd": cmd or None, "WorkingDir": workdir,
                    "Labels": dict(sorted(labels.items()))},
         "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
         "history": [{"created": created, "created_by": "repro"} for _ in layers],

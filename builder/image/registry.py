@@ -1,0 +1,158 @@
+"""A small OCI distribution client: pull manifests and blobs by digest, push an image.
+
+Anonymous and bearer-token auth (the WWW-Authenticate challenge every Distribution-compatible
+registry uses: Docker Hub, GHCR, Harbor, ECR public, the CNCF registry). Plain HTTP only for
+loopback hosts, as Docker does; everything read is checked against its digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from builder.errors import ReproError
+
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
+_LOOPBACK = re.compile(r"^(localhost|127(\.\d+){3}|\[::1\])(:\d+)?$")
+
+
+class RegistryError(ReproError):
+    """A registry could not be reached, refused us, or served bytes that fail their digest."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    registry: str
+    repository: str
+    tag: str | None
+    digest: str | None
+
+    @classmethod
+    def parse(cls, text: str) -> Reference:
+        """`registry/repo[:tag][@sha256:…]`; a name without a registry host means Docker Hub."""
+        name, _, digest = text.partition("@")
+        head, _, rest = name.partition("/")
+        if rest and ("." in head or ":" in head or head == "localhost"):
+            registry, path = head, rest
+        else:
+            registry, path = "registry-1.docker.io", name if "/" in name else f"library/{name}"
+        repo, _, tag = path.partition(":") if ":" in path.rsplit("/", 1)[-1] else (path, "", "")
+        return cls(registry, repo, tag or None, digest or None)
+
+    def __str__(self) -> str:
+        return f"{self.registry}/{self.repository}" + (f":{self.tag}" if self.tag else "") + (
+            f"@{self.digest}" if self.digest else "")
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class Registry:
+    def __init__(self, host: str, timeout: float = 60) -> None:
+        self.host = host
+        self.scheme = "http" if _LOOPBACK.match(host) else "https"
+        self.timeout = timeout
+        self.token: str | None = None
+
+    def _url(self, path: str) -> str:
+        return f"{self.scheme}://{self.host}/v2/{path}"
+
+    def _send(self, method: str, url: str, headers: dict[str, str],
+              data: bytes | None) -> tuple[int, dict[str, str], bytes]:
+        if self.token:
+            headers = {**headers, "Authorization": f"Bearer {self.token}"}
+        request = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+                return response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read()
+        except (urllib.error.URLError, OSError) as exc:
+            raise RegistryError(f"cannot reach the registry {self.host}: {exc}",
+                                hint="check the address, or start the registry; no image was "
+                                     "written") from exc
+
+    def request(self, method: str, path_or_url: str, *, headers: dict[str, str] | None = None,
+                data: bytes | None = None, ok: tuple[int, ...] = (200,),
+                ) -> tuple[dict[str, str], bytes]:
+        url = path_or_url if "://" in path_or_url else self._url(path_or_url)
+        status, reply, body = self._send(method, url, headers or {}, data)
+        if status == 401 and self.token is None:
+            self.token = self._token(reply.get("WWW-Authenticate", reply.get(
+                "Www-Authenticate", "")))
+            status, reply, body = self._send(method, url, headers or {}, data)
+        if status not in ok:
+            raise RegistryError(f"{method} {url}: HTTP {status}: {body[:300]!r}",
+                                hint="check the reference and your access to it")
+        return reply, body
+
+    def _token(self, challenge: str) -> str:
+        """An anonymous bearer token for the challenge's realm, service and scope."""
+        if not challenge.lower().startswith("bearer "):
+            raise RegistryError(f"{self.host} asks for {challenge or 'credentials'}; only "
+                                "anonymous bearer tokens are supported")
+        params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+        realm = params.pop("realm", "")
+        query = urllib.parse.urlencode(params)
+        status, _, body = self._send("GET", f"{realm}?{query}", {}, None)
+        if status != 200:
+            raise RegistryError(f"the token service {realm} answered HTTP {status}")
+        data = json.loads(body)
+        return str(data.get("token") or data.get("access_token"))
+
+    def manifest(self, repo: str, reference: str) -> tuple[bytes, str]:
+        """A manifest's bytes and media type; checked when `reference` is a digest."""
+        reply, body = self.request("GET", f"{repo}/manifests/{reference}",
+                                   headers={"Accept": ", ".join(MANIFEST_TYPES)})
+        if reference.startswith("sha256:") and sha256(body) != reference:
+            raise RegistryError(f"{self.host}/{repo}@{reference}: the registry served a "
+                                f"manifest whose digest is {sha256(body)}",
+                                hint="the base is not what the recipe pinned; no image was "
+                                     "written")
+        media = reply.get("Content-Type", "") or json.loads(body).get("mediaType", "")
+        return body, media.split(";")[0]
+
+    def blob(self, repo: str, digest: str) -> bytes:
+        _, body = self.request("GET", f"{repo}/blobs/{digest}")
+        if sha256(body) != digest:
+            raise RegistryError(f"{self.host}/{repo}: blob {digest} arrived as {sha256(body)}")
+        return body
+
+    def push_blob(self, repo: str, digest: str, data: bytes) -> None:
+        status, _, _ = self._send("HEAD", self._url(f"{repo}/blobs/{digest}"), {}, None)
+        if status == 200:
+            return
+        reply, _ = self.request("POST", f"{repo}/blobs/uploads/", ok=(202,), data=b"")
+        location = reply.get("Location", "")
+        if location.startswith("/"):
+            location = f"{self.scheme}://{self.host}{location}"
+        joiner = "&" if "?" in location else "?"
+        self.request("PUT", f"{location}{joiner}digest={urllib.parse.quote(digest)}",
+                     headers={"Content-Type": "application/octet-stream"}, data=data,
+                     ok=(201,))
+
+    def push_manifest(self, repo: str, tag: str, data: bytes, media_type: str) -> str:
+        self.request("PUT", f"{repo}/manifests/{tag}", headers={"Content-Type": media_type},
+                     data=data, ok=(201,))
+        return sha256(data)
+
+
+def platform_manifest(index: dict[str, Any], arch: str) -> str:
+    """The digest of the linux/<arch> manifest in an image index."""
+    for m in index.get("manifests", []):
+        p = m.get("platform", {})
+        if p.get("os") == "linux" and p.get("architecture") == arch:
+            return str(m["digest"])
+    raise RegistryError(f"the base image has no linux/{arch} manifest")
