@@ -356,6 +356,23 @@ def export_provenance(recipe: str | None, run: str | None, output: str | None) -
         click.echo(text)
 
 
+@export.command("dockerfile")
+@_common
+@click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Where to write it [default: Dockerfile beside the recipe].")
+def export_dockerfile(recipe: str | None, output: str | None) -> None:
+    """Write a Dockerfile equivalent to `repro build --image`: base by digest, every package
+    pinned by sha256. Build it from the recipe's folder."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from builder.image.dockerfile import export as write  # noqa: PLC0415
+
+    dockerfile, requirements = write(_recipe(recipe), _store(),
+                                     Path(output).resolve() if output else None)
+    _emit({"dockerfile": str(dockerfile), "requirements": str(requirements)},
+          f"wrote {dockerfile} and {requirements}")
+
+
 @cli.group("baseline", cls=_Group)
 def baseline() -> None:
     """The recipe's baseline: its last known good run(s), committed next to its lock."""

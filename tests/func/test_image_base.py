@@ -177,3 +177,56 @@ def test_bad_bases_fail_before_any_image_is_written(
     r = repro("build", "--image", "-o", out, cwd=project)
     assert r.code == 2
     assert "has Python 3.11, but the lock is for Python 3.12" in r.err
+
+
+def test_the_exported_dockerfile_builds_with_buildah_and_installs_the_lock(
+    project: Path, tmp_path: Path, python_base: tuple[Path, str], registry: str,
+) -> None:
+    # A base with pip: Debian's pip wheel, importable from PYTHONPATH (no installer run).
+    base_layout, _ = python_base
+    debs = tmp_path / "pip"
+    debs.mkdir()
+    subprocess.run(["apt-get", "download", "python3-pip-whl"], cwd=debs, check=True,
+                   capture_output=True)
+    rootfs = tmp_path / "pip-rootfs"
+    subprocess.run(["dpkg-deb", "-x", str(next(debs.glob("*.deb"))), str(rootfs)], check=True)
+    wheel = next((rootfs / "usr/share/python-wheels").glob("pip-*.whl"))
+    certs = rootfs / "etc/ssl/certs"  # Debian's pip reads the system bundle; ours will do
+    certs.mkdir(parents=True)
+    shutil.copy("/etc/ssl/certs/ca-certificates.crt", certs)
+    index = json.loads((base_layout / "index.json").read_text())
+    manifest = json.loads((base_layout / "blobs/sha256" / index["manifests"][0]["digest"][7:])
+                          .read_bytes())
+    base_layer = (base_layout / "blobs/sha256" / manifest["layers"][0]["digest"][7:]).read_bytes()
+    config = json.loads((base_layout / "blobs/sha256" / manifest["config"]["digest"][7:])
+                        .read_bytes())
+    layers = [tarball.Layer(config["rootfs"]["diff_ids"][0], manifest["layers"][0]["digest"],
+                            len(base_layer), base_layer), tarball.layer([(rootfs, "")])]
+    image = layout.assemble(layers, architecture="amd64", entrypoint=[], workdir="/",
+                            labels={}, created="1970-01-01T00:00:00Z",
+                            env={"PATH": "/usr/bin:/bin",
+                                 "PYTHONPATH": f"/usr/share/python-wheels/{wheel.name}"})
+    layout.write_layout(image, tmp_path / "pip-layout", "pip:1")
+    subprocess.run(["skopeo", "copy", "--dest-tls-verify=false", f"oci:{tmp_path / 'pip-layout'}:pip:1",
+                    f"docker://{registry}/python-pip:1"], check=True, capture_output=True)
+    with_base(project, f"{registry}/python-pip@{image.digest}")
+
+    exported = repro("export", "dockerfile", "--json", cwd=project)
+    assert exported.code == 0, exported.err
+    text = (project / "Dockerfile").read_text()
+    assert f"FROM {registry}/python-pip@{image.digest}" in text
+    assert "--require-hashes" in text
+    assert "--hash=sha256:89cd468399cfd2504718f0ba50e410dca55a170b61a02ad92bb18c8a65186e93" in \
+        (project / "lockfiles/digits-logreg/requirements.txt").read_text()
+
+    bud = buildah(tmp_path, "bud", "--isolation", "chroot", "--tls-verify=false", "-f",
+                  str(project / "Dockerfile"), "-t", "exported", str(project))
+    assert bud.returncode == 0, bud.stderr[-2000:]
+    ctr = buildah(tmp_path, "from", "exported")
+    ran = buildah(tmp_path, "run", "--isolation", "chroot", ctr.stdout.strip(), "--",
+                  "/usr/bin/python3.11", "-c",
+                  "import importlib.metadata as m, json; print(json.dumps(sorted("
+                  "(d.metadata['Name'].lower(), d.version) for d in m.distributions("
+                  "path=['/opt/repro/site-packages']))))")
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout) == [["numpy", "2.4.6"]]
