@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from builder.image import layout, tarball
+from tests.func import bases
 from tests.func.helpers import repro
 
 pytestmark = [
@@ -24,56 +22,19 @@ pytestmark = [
         reason="docker-registry, skopeo and buildah are installed by .ci/run (Debian packages)"),
 ]
 
-# What python3.11 needs to import numpy on Debian 12, as .deb files (no maintainer scripts).
-DEBS = ["python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "libc6",
-        "zlib1g", "libexpat1", "libffi8", "libbz2-1.0", "liblzma5", "libcrypt1", "libgcc-s1",
-        "libssl3", "libstdc++6", "libsqlite3-0", "libuuid1", "libtinfo6", "libncursesw6",
-        "libreadline8"]
-
 
 @pytest.fixture(scope="session")
 def python_base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """An OCI layout of a Debian rootfs holding python3.11 (and its manifest digest)."""
-    work = tmp_path_factory.mktemp("base")
-    debs, rootfs = work / "debs", work / "rootfs"
-    debs.mkdir()
-    done = subprocess.run(["apt-get", "download", *DEBS], cwd=debs, capture_output=True,
-                          text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"apt-get download failed (run apt-get update first): {done.stderr[-300:]}")
-    for deb in sorted(debs.glob("*.deb")):
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(rootfs)], check=True)
-    image = layout.assemble([tarball.layer([(rootfs, "")])], architecture="amd64",
-                            env={"PATH": "/usr/local/bin:/usr/bin:/bin"}, entrypoint=[],
-                            workdir="/", labels={}, created="1970-01-01T00:00:00Z",
-                            cmd=["/usr/bin/python3.11"])
-    layout.write_layout(image, work / "layout", "base:3.11")
-    return work / "layout", image.digest
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    try:
+        return bases.python_base(tmp_path_factory.mktemp("base"))
+    except RuntimeError as exc:
+        pytest.skip(f"{exc} (run apt-get update first)")
 
 
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The CNCF Distribution registry, serving on loopback from a temp folder."""
-    work = tmp_path_factory.mktemp("registry")
-    host = f"127.0.0.1:{_free_port()}"
-    (work / "config.yml").write_text(
-        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {work / 'data'}\n"
-        f"http:\n  addr: {host}\nlog:\n  level: error\n")
-    server = subprocess.Popen(["docker-registry", "serve", str(work / "config.yml")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://{host}/v2/", timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.1)
+    host, server = bases.start_registry(tmp_path_factory.mktemp("registry"))
     yield host
     server.terminate()
     server.wait(timeout=30)
@@ -95,8 +56,7 @@ def test_a_base_pulled_by_digest_runs_the_locked_packages_in_buildah(
     project: Path, tmp_path: Path, python_base: tuple[Path, str], registry: str,
 ) -> None:
     base_layout, digest = python_base
-    subprocess.run(["skopeo", "copy", "--dest-tls-verify=false", f"oci:{base_layout}:base:3.11",
-                    f"docker://{registry}/python:3.11"], check=True, capture_output=True)
+    bases.push(base_layout, "base:3.11", f"{registry}/python:3.11")
     with_base(project, f"{registry}/python@{digest}")
     built = repro("build", "--image", "-o", tmp_path / "img", "--push",
                   f"{registry}/digits:nightly", "--json", cwd=project)
@@ -147,7 +107,7 @@ def test_bad_bases_fail_before_any_image_is_written(
     assert not out.exists()
 
     project_toml = project / "repro.toml"
-    text = project_toml.read_text().replace(registry, f"127.0.0.1:{_free_port()}")
+    text = project_toml.read_text().replace(registry, f"127.0.0.1:{bases.free_port()}")
     project_toml.write_text(text)
     unreachable = repro("build", "--image", "-o", out, "--frozen", cwd=project)
     assert unreachable.code == 3
@@ -182,39 +142,14 @@ def test_bad_bases_fail_before_any_image_is_written(
 def test_the_exported_dockerfile_builds_with_buildah_and_installs_the_lock(
     project: Path, tmp_path: Path, python_base: tuple[Path, str], registry: str,
 ) -> None:
-    # A base with pip: Debian's pip wheel, importable from PYTHONPATH (no installer run).
-    base_layout, _ = python_base
-    debs = tmp_path / "pip"
-    debs.mkdir()
-    subprocess.run(["apt-get", "download", "python3-pip-whl"], cwd=debs, check=True,
-                   capture_output=True)
-    rootfs = tmp_path / "pip-rootfs"
-    subprocess.run(["dpkg-deb", "-x", str(next(debs.glob("*.deb"))), str(rootfs)], check=True)
-    wheel = next((rootfs / "usr/share/python-wheels").glob("pip-*.whl"))
-    certs = rootfs / "etc/ssl/certs"  # Debian's pip reads the system bundle; ours will do
-    certs.mkdir(parents=True)
-    shutil.copy("/etc/ssl/certs/ca-certificates.crt", certs)
-    index = json.loads((base_layout / "index.json").read_text())
-    manifest = json.loads((base_layout / "blobs/sha256" / index["manifests"][0]["digest"][7:])
-                          .read_bytes())
-    base_layer = (base_layout / "blobs/sha256" / manifest["layers"][0]["digest"][7:]).read_bytes()
-    config = json.loads((base_layout / "blobs/sha256" / manifest["config"]["digest"][7:])
-                        .read_bytes())
-    layers = [tarball.Layer(config["rootfs"]["diff_ids"][0], manifest["layers"][0]["digest"],
-                            len(base_layer), base_layer), tarball.layer([(rootfs, "")])]
-    image = layout.assemble(layers, architecture="amd64", entrypoint=[], workdir="/",
-                            labels={}, created="1970-01-01T00:00:00Z",
-                            env={"PATH": "/usr/bin:/bin",
-                                 "PYTHONPATH": f"/usr/share/python-wheels/{wheel.name}"})
-    layout.write_layout(image, tmp_path / "pip-layout", "pip:1")
-    subprocess.run(["skopeo", "copy", "--dest-tls-verify=false", f"oci:{tmp_path / 'pip-layout'}:pip:1",
-                    f"docker://{registry}/python-pip:1"], check=True, capture_output=True)
-    with_base(project, f"{registry}/python-pip@{image.digest}")
+    pip_layout, pip_digest = bases.python_base(tmp_path / "pip-base", pip=True)
+    bases.push(pip_layout, "base:3.11", f"{registry}/python-pip:1")
+    with_base(project, f"{registry}/python-pip@{pip_digest}")
 
     exported = repro("export", "dockerfile", "--json", cwd=project)
     assert exported.code == 0, exported.err
     text = (project / "Dockerfile").read_text()
-    assert f"FROM {registry}/python-pip@{image.digest}" in text
+    assert f"FROM {registry}/python-pip@{pip_digest}" in text
     assert "--require-hashes" in text
     assert "--hash=sha256:89cd468399cfd2504718f0ba50e410dca55a170b61a02ad92bb18c8a65186e93" in \
         (project / "lockfiles/digits-logreg/requirements.txt").read_text()
