@@ -282,7 +282,11 @@ def lookup_cmd(recipe: str | None, target: str | None) -> None:
     from builder.lookup import lookup  # noqa: PLC0415
 
     found = lookup(target, store=_store(), recipe_hint=recipe)
-    if not found.runs:
+    if found.image:
+        _emit(found.to_json(), f"image {found.digest}\n" + "\n".join(
+            f"  {k:<14} {v}" for k, v in sorted(found.image.items())))
+        return
+    if not found.found:
         _emit(found.to_json(), f"not found: no recorded run matches {found.kind} "
                                f"{found.target} ({found.digest or 'no such key'})")
         raise click.exceptions.Exit(errors.EXIT_CHECK)

@@ -10,6 +10,7 @@ from typing import Any
 
 from builder import hashing
 from builder.errors import InputError
+from builder.image import index as images
 from builder.recipe import RECIPE_FILE, Recipe, find_recipe, load_recipe
 from builder.store import Store
 
@@ -18,14 +19,19 @@ from builder.store import Store
 class Found:
     """What a lookup found: how the target was read, its digest or key, and the runs."""
 
-    kind: str  # "file", "recipe" or "run"
+    kind: str  # "file", "recipe", "run" or "image"
     target: str
     digest: str
     runs: list[dict[str, Any]] = field(default_factory=list)
+    image: dict[str, str] = field(default_factory=dict)  # what an image says it was made of
+
+    @property
+    def found(self) -> bool:
+        return bool(self.runs or self.image)
 
     def to_json(self) -> dict[str, Any]:
-        return {"found": bool(self.runs), "kind": self.kind, "target": self.target,
-                "digest": self.digest, "runs": self.runs}
+        return {"found": self.found, "kind": self.kind, "target": self.target,
+                "digest": self.digest, "runs": self.runs, "image": self.image}
 
 
 def summary(store: Store, digest: str, record: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -47,7 +53,8 @@ def summary(store: Store, digest: str, record: dict[str, Any] | None = None) -> 
 
 def lookup(target: str | None, *, store: Store, recipe_hint: str | None = None) -> Found:
     """Which runs match a target: a file (which run made it?), a recipe (is it trained?),
-    or a run key / record digest (whole or 8+ hex characters).
+    a run key / record digest (whole or 8+ hex characters), or an image (an OCI layout
+    folder, or a manifest digest repro built): which recipe, env and lock made it.
 
     Raises:
         InputError: the target is none of these.
@@ -55,6 +62,9 @@ def lookup(target: str | None, *, store: Store, recipe_hint: str | None = None) 
     if target is None:
         return _recipe_lookup(load_recipe(find_recipe(recipe_hint)), store)
     path = Path(target)
+    if (path / "oci-layout").is_file() or target.startswith("sha256:"):
+        digest, labels = images.labels(path if path.is_dir() else target, store)
+        return Found("image", target, digest, [], labels)
     if path.is_dir() or path.name == RECIPE_FILE:
         return _recipe_lookup(load_recipe(find_recipe(path)), store)
     if path.is_file():

@@ -21,6 +21,7 @@ from typing import Any
 from builder import env, hashing, inputs, lock, proc, pylock
 from builder.errors import BuildError, InputError, ToolError
 from builder.image import base as bases
+from builder.image import index as images
 from builder.image import layout, registry, tarball
 from builder.recipe import Recipe
 from builder.resolve import NO_MACHINE_SOURCES, MachineSources, source_args
@@ -209,6 +210,7 @@ def build_image(
     layout.write_layout(image, folder, tag)
     archive = folder.with_name(folder.name + ".tar")
     layout.write_archive(image, archive, f"localhost/{tag}")
+    images.remember(store, image.digest, labels)
     if push:
         say(f"Pushing to {push}")
         push_image(image, push)

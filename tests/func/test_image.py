@@ -95,3 +95,19 @@ def test_bad_image_inputs(project: Path, tmp_path: Path) -> None:
     r = repro("build", "--image", cwd=project)
     assert r.code == 2
     assert "builds images from scratch only" in r.err
+
+
+def test_an_image_names_the_recipe_env_and_lock_that_made_it(project: Path,
+                                                              tmp_path: Path) -> None:
+    image = build(project, tmp_path / "img")
+    env_id = repro("lock", "--check", "--json", cwd=project).json["env"]
+    for target in (tmp_path / "img", image["image"]):
+        found = repro("lookup", target, "--json", cwd=project)
+        assert found.code == 0, found.err
+        assert found.json["kind"] == "image"
+        assert found.json["digest"] == image["image"]
+        assert found.json["image"]["recipe"] == "digits-logreg"
+        assert found.json["image"]["env-id"] == env_id
+    unknown = repro("lookup", "sha256:" + "0" * 64, cwd=project)
+    assert unknown.code == 1
+    assert "not found" in unknown.out
