@@ -78,7 +78,8 @@ class Registry:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
                 return response.status, dict(response.headers), response.read()
         except urllib.error.HTTPError as exc:
-            return exc.code, dict(exc.headers), exc.read()
+            with exc:
+                return exc.code, dict(exc.headers), exc.read()
         except (urllib.error.URLError, OSError) as exc:
             raise RegistryError(f"cannot reach the registry {self.host}: {exc}",
                                 hint="check the address, or start the registry; no image was "

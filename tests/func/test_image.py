@@ -111,3 +111,24 @@ def test_an_image_names_the_recipe_env_and_lock_that_made_it(project: Path,
     unknown = repro("lookup", "sha256:" + "0" * 64, cwd=project)
     assert unknown.code == 1
     assert "not found" in unknown.out
+
+
+def test_a_wheel_for_another_platform_in_the_lock_is_refused(project: Path,
+                                                              tmp_path: Path) -> None:
+    arm = tmp_path / "arm"
+    shutil.copytree(project, arm)
+    recipe = arm / "repro.toml"
+    recipe.write_text(recipe.read_text().replace('platform = "linux/x86_64"',
+                                                 'platform = "linux/aarch64"'))
+    assert repro("lock", cwd=arm).code == 0
+    arm_lock = (arm / "lockfiles/digits-logreg/pylock.toml").read_text()
+    arm_wheel = arm_lock.split("wheels = [\n")[1].split("\n")[0]
+    pylock = project / "lockfiles/digits-logreg/pylock.toml"
+    x86_wheel = pylock.read_text().split("wheels = [\n")[1].split("\n")[0]
+    assert "aarch64" in arm_wheel and "x86_64" in x86_wheel
+    pylock.write_text(pylock.read_text().replace(x86_wheel, arm_wheel))
+    r = repro("build", "--image", "--frozen", "-o", tmp_path / "img", cwd=project)
+    assert r.code == 3
+    assert "installing numpy 2.4.6 for the image failed; no image was written" in r.err
+    assert "a wheel for the recipe's platform must be in the lock" in r.err
+    assert not (tmp_path / "img").exists()

@@ -1,0 +1,102 @@
+"""The distribution client against a stand-in registry.
+
+A real registry (tests/func/test_image_base.py) never serves bytes that fail their digest and
+the one we can run here has no token service, so these two behaviours are checked against a
+small HTTP server that does what a misbehaving or token-protected registry does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+import pytest
+
+from builder.image.registry import Reference, Registry, RegistryError
+
+GOOD = json.dumps({"schemaVersion": 2, "layers": []}).encode()
+GOOD_DIGEST = "sha256:" + hashlib.sha256(GOOD).hexdigest()
+SEEN: dict[str, Any] = {}
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *_: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        host = f"127.0.0.1:{self.server.server_address[1]}"
+        if self.path.startswith("/token"):
+            SEEN["token_query"] = self.path
+            return self._send(200, json.dumps({"token": "t0ken"}).encode())
+        if self.headers.get("Authorization") != "Bearer t0ken":
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", f'Bearer realm="http://{host}/token",'
+                             'service="registry.test",scope="repository:team/model:pull"')
+            self.end_headers()
+            return None
+        if self.path == f"/v2/team/model/manifests/{GOOD_DIGEST}":
+            return self._send(200, GOOD, "application/vnd.oci.image.manifest.v1+json")
+        if self.path.startswith("/v2/team/model/manifests/"):
+            return self._send(200, b'{"schemaVersion": 2, "tampered": true}')
+        return self._send(404, b"{}")
+
+    def _send(self, status: int, body: bytes, media: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", media)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    httpd = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_an_anonymous_bearer_token_is_fetched_from_the_challenge(server: str) -> None:
+    body, media = Registry(server).manifest("team/model", GOOD_DIGEST)
+    assert body == GOOD
+    assert media == "application/vnd.oci.image.manifest.v1+json"
+    assert "service=registry.test" in SEEN["token_query"]
+    assert "scope=repository%3Ateam%2Fmodel%3Apull" in SEEN["token_query"]
+
+
+def test_bytes_that_fail_their_digest_are_refused(server: str) -> None:
+    wanted = "sha256:" + "1" * 64
+    with pytest.raises(RegistryError, match=r"served a manifest whose digest is sha256:"):
+        Registry(server).manifest("team/model", wanted)
+
+
+def test_an_unreachable_registry_is_a_clear_error() -> None:
+    with pytest.raises(RegistryError, match=r"cannot reach the registry 127\.0\.0\.1:9"):
+        Registry("127.0.0.1:9", timeout=5).manifest("x", "latest")
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("python:3.11", ("registry-1.docker.io", "library/python", "3.11", None)),
+        ("ghcr.io/org/img@sha256:" + "a" * 64, ("ghcr.io", "org/img", None, "sha256:" + "a" * 64)),
+        ("127.0.0.1:5000/base:1", ("127.0.0.1:5000", "base", "1", None)),
+        ("localhost/a/b", ("localhost", "a/b", None, None)),
+        ("org/img:v2", ("registry-1.docker.io", "org/img", "v2", None)),
+    ],
+)
+def test_references(text: str, parsed: tuple[str, str, str | None, str | None]) -> None:
+    ref = Reference.parse(text)
+    assert (ref.registry, ref.repository, ref.tag, ref.digest) == parsed
+
+
+def test_plain_http_only_for_loopback() -> None:
+    assert Registry("127.0.0.1:5000").scheme == "http"
+    assert Registry("localhost:5000").scheme == "http"
+    assert Registry("registry.example:5000").scheme == "https"
