@@ -172,8 +172,11 @@ def _mode(locked: bool, frozen: bool) -> str:
               help="With --image: the OCI layout folder [default: $REPRO_HOME/images/<name>]; "
                    "the docker-load archive is DIR.tar.")
 @click.option("--push", metavar="REF", help="With --image: push to REGISTRY/NAME:TAG.")
+@click.option("--load", is_flag=True, help="With --image: load it into Docker (or Podman's "
+                                           "Docker API service) at DOCKER_HOST.")
 def build_cmd(recipe: str | None, machine: Any, offline: bool, locked: bool,
-              frozen: bool, image: bool, output: str | None, push: str | None) -> None:
+              frozen: bool, image: bool, output: str | None, push: str | None,
+              load: bool) -> None:
     """Materialise the lock as a virtualenv in the store (a lookup if it exists), or with
     --image as a reproducible OCI image (layout and docker-load archive)."""
     if image:
@@ -184,13 +187,13 @@ def build_cmd(recipe: str | None, machine: Any, offline: bool, locked: bool,
         img = build_image(_recipe(recipe), store=_store(), mode=_mode(locked, frozen),
                           machine=machine, offline=offline,
                           output=Path(output).resolve() if output else None, push=push,
-                          say=OUT.say)
+                          load=load, say=OUT.say)
         _emit(img.to_json(), f"{img.digest}  {img.tag}\n  layout  {img.layout}\n"
                              f"  archive {img.archive}\n  {len(img.layers)} layers, "
                              f"{img.to_json()['cached_layers']} from the store")
         return
-    if output or push:
-        raise click.UsageError("--output and --push go with --image")
+    if output or push or load:
+        raise click.UsageError("--output, --push and --load go with --image")
     from builder.env import build  # noqa: PLC0415
 
     result = build(_recipe(recipe), store=_store(), mode=_mode(locked, frozen), machine=machine,

@@ -11,6 +11,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -143,7 +144,7 @@ def _code_layer(recipe: Recipe, code: inputs.CodeState, tmp: Path) -> tarball.La
 def build_image(
     recipe: Recipe, *, store: Store, mode: str = "auto",
     machine: MachineSources = NO_MACHINE_SOURCES, offline: bool = False,
-    output: Path | None = None, push: str | None = None,
+    output: Path | None = None, push: str | None = None, load: bool = False,
     say: Callable[[str], None] = env.noop,
 ) -> ImageResult:
     """Build the recipe's image as an OCI layout and a docker-load archive.
@@ -214,7 +215,29 @@ def build_image(
     if push:
         say(f"Pushing to {push}")
         push_image(image, push)
+    if load:
+        say("Loading into the Docker-compatible engine at " + os.environ.get(
+            "DOCKER_HOST", "the default socket"))
+        load_archive(archive)
     return ImageResult(image.digest, image.config_digest, folder, archive, tag, described)
+
+
+def load_archive(archive: Path) -> list[str]:
+    """Load a docker archive through the Docker API (Docker, or `podman system service`).
+
+    Raises:
+        ToolError: no engine answers at DOCKER_HOST (or the default socket), or it refuses.
+    """
+    import docker  # noqa: PLC0415  (only --load needs the SDK)
+
+    try:
+        client = docker.from_env()
+        loaded = client.images.load(archive.read_bytes())
+    except docker.errors.DockerException as exc:
+        raise ToolError(["docker-api", "load", str(archive)], 1, str(exc),
+                        hint="start Docker, or `podman system service unix:///PATH.sock` and "
+                             "set DOCKER_HOST=unix:///PATH.sock") from exc
+    return [t for image in loaded for t in image.tags]
 
 
 def push_image(image: layout.Image, ref: str) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,41 @@ def test_a_wheel_for_another_platform_in_the_lock_is_refused(project: Path,
     assert "installing numpy 2.4.6 for the image failed; no image was written" in r.err
     assert "a wheel for the recipe's platform must be in the lock" in r.err
     assert not (tmp_path / "img").exists()
+
+
+@pytest.mark.skipif(shutil.which("podman") is None,
+                    reason="podman (its Docker API service) is installed by .ci/run")
+def test_load_puts_the_image_into_a_docker_api_engine(project: Path, tmp_path: Path) -> None:
+    import time
+
+    import docker
+
+    sock = tmp_path / "podman.sock"
+    log = tmp_path / "podman.log"
+    runroot = Path(tempfile.mkdtemp(prefix="repro-podman-"))  # podman: at most 50 characters
+    with log.open("w") as err:
+        service = subprocess.Popen(
+            ["podman", "--root", str(tmp_path / "root"), "--runroot", str(runroot),
+             "--storage-driver", "vfs", "system", "service", "--time=0", f"unix://{sock}"],
+            stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 60
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sock.exists(), log.read_text()
+        r = repro("build", "--image", "--load", "-o", tmp_path / "img", "--json", cwd=project,
+                  env={"DOCKER_HOST": f"unix://{sock}"})
+        assert r.code == 0, r.err
+        client = docker.DockerClient(base_url=f"unix://{sock}")
+        image = client.images.get(f"localhost/{r.json['tag']}")
+        assert image.labels["dev.repro.recipe"] == "digits-logreg"
+        assert image.labels["dev.repro.env-id"].startswith("blake3:")
+        client.close()
+    finally:
+        service.terminate()
+        service.wait(timeout=30)
+        shutil.rmtree(runroot, ignore_errors=True)
+    gone = repro("build", "--image", "--load", "-o", tmp_path / "img", cwd=project,
+                 env={"DOCKER_HOST": f"unix://{sock}"})
+    assert gone.code == 3
+    assert "podman system service" in gone.err
