@@ -253,8 +253,11 @@ def status_cmd(recipe: str | None) -> None:
 @click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE",
               help="Override a declared param (repeatable).")
 @click.option("--no-cache", is_flag=True, help="Train even if this run key is in the store.")
+@click.option("--in", "where", type=click.Choice(["venv", "image"]), default="venv",
+              show_default=True, help="Run in the env's virtualenv, or inside its OCI image "
+                                      "(through buildah; the image digest joins the run key).")
 def run_cmd(recipe: str | None, machine: Any, offline: bool, locked: bool, frozen: bool,
-            seed: int | None, params: tuple[str, ...], no_cache: bool) -> None:
+            seed: int | None, params: tuple[str, ...], no_cache: bool, where: str) -> None:
     """Train the recipe, or answer from the store if this exact run already succeeded.
 
     The run key covers the env id, code and data digests, command, params, seed, and the
@@ -264,7 +267,7 @@ def run_cmd(recipe: str | None, machine: Any, offline: bool, locked: bool, froze
 
     result = run(_recipe(recipe), store=_store(), mode=_mode(locked, frozen), machine=machine,
                  offline=offline, seed=seed, params=params, use_cache=not no_cache,
-                 say=OUT.say)
+                 in_image=where == "image", say=OUT.say)
     r = result.record
     lines = [f"{'cached' if result.cached else 'trained'}: run key {r['run_key']}",
              f"  record   {result.record_digest}",

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from builder import __version__, env, hardware, hashing, inputs, proc
 from builder.errors import EXIT_TOOL, BuildError, InputError, ReproError, did_you_mean
@@ -129,7 +129,7 @@ def plan(
     recipe: Recipe, *, store: Store, mode: str = "auto",
     machine: MachineSources = NO_MACHINE_SOURCES, offline: bool = False,
     seed: int | None = None, params: Sequence[str] = (),
-    say: Callable[[str], None] = env.noop,
+    say: Callable[[str], None] = env.noop, runner: str | None = None,
 ) -> Plan:
     """Compute the run key: env id, code, data, command, params, seed (+ hardware if bitwise)."""
     train = train_of(recipe)
@@ -156,6 +156,8 @@ def plan(
         "run_env": dict(train.env),
         "threads": train.threads,
         "hardware": klass,
+        # where it runs, when not in the env's virtualenv: an image digest
+        **({"runner": runner} if runner else {}),
     })
     return Plan(recipe, train, current.env_id, code, data, values, chosen, info, klass, key,
                 relocked)
@@ -165,24 +167,36 @@ def run(
     recipe: Recipe, *, store: Store, mode: str = "auto",
     machine: MachineSources = NO_MACHINE_SOURCES, offline: bool = False,
     seed: int | None = None, params: Sequence[str] = (), use_cache: bool = True,
-    say: Callable[[str], None] = env.noop,
+    in_image: bool = False, say: Callable[[str], None] = env.noop,
 ) -> RunResult:
     """Answer from the store when a run with the same key succeeded; else train and record.
+
+    With `in_image`, the command runs inside the recipe's OCI image (built first) through
+    buildah, and the image digest joins the run key.
 
     Raises:
         RunFailed: the command failed, or an output or the metrics file is missing or bad.
     """
+    runner: Runner | None = None
+    image_digest = None
+    if in_image:
+        from builder.image.runner import ImageRunner  # noqa: PLC0415
+
+        image_runner = ImageRunner.build(recipe, store=store, mode=mode, machine=machine,
+                                         offline=offline, say=say)
+        runner, image_digest = image_runner, image_runner.identity
     p = plan(recipe, store=store, mode=mode, machine=machine, offline=offline, seed=seed,
-             params=params, say=say)
+             params=params, say=say, runner=image_digest)
     if use_cache:
         found = store.run_for_key(p.key)
         if found is not None:
             record = store.record(found)
             objects = restore_outputs(recipe, store, record)
             return RunResult(found, record, cached=True, objects=objects)
-    built = env.build(recipe, store=store, mode="frozen" if p.relocked else mode,
-                      machine=machine, offline=offline, say=say)
-    return _execute(p, built, store, say)
+    if runner is None:
+        runner = VenvRunner(env.build(recipe, store=store, mode="frozen" if p.relocked else mode,
+                                      machine=machine, offline=offline, say=say))
+    return _execute(p, runner, store, say)
 
 
 RUNTIME_FILES = ("runtime.py", "tensordiff.py")
@@ -201,8 +215,8 @@ def runtime_dir(store: Store) -> tuple[Path, str]:
     return root, digest
 
 
-def _run_env(p: Plan, venv: Path, runtime: Path, params_file: Path) -> dict[str, str]:
-    """The variables repro sets for a run; these (and only these) go into the record."""
+def seeded_env(p: Plan) -> dict[str, str]:
+    """The variables repro sets for every run; these (and only these) go into the record."""
     train = p.train
     seeded = {
         "REPRO_SEED": str(p.seed),
@@ -212,29 +226,55 @@ def _run_env(p: Plan, venv: Path, runtime: Path, params_file: Path) -> dict[str,
         **{f"REPRO_PARAM_{k.upper()}": _render(v) for k, v in p.params.items()},
         **{f"REPRO_DATA_{d.name.upper()}": d.path for d in p.recipe.data},
     }
-    if train.metrics:
-        seeded["REPRO_METRICS_FILE"] = str(p.recipe.root / train.metrics)
     if train.threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                     "REPRO_THREADS"):
             seeded[var] = str(train.threads)
     seeded.update(train.env)
-    return seeded | {
-        "VIRTUAL_ENV": str(venv),
-        "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PYTHONPATH": str(runtime),
-        "REPRO_PARAMS_FILE": str(params_file),
-    }
+    return seeded
 
 
-_PER_HOST = ("VIRTUAL_ENV", "PATH", "PYTHONPATH", "REPRO_PARAMS_FILE", "REPRO_METRICS_FILE")
+class Runner(Protocol):
+    """Where a run's command executes: the env's virtualenv, or an image."""
+
+    def execute(self, p: Plan, argv: list[str], variables: dict[str, str],
+                runtime: Path, params_file: Path) -> tuple[int, str]: ...
+
+    def software(self, runtime_digest: str) -> dict[str, Any]: ...
+
+
+class VenvRunner:
+    def __init__(self, built: env.BuildResult) -> None:
+        self.built = built
+
+    def execute(self, p: Plan, argv: list[str], variables: dict[str, str],
+                runtime: Path, params_file: Path) -> tuple[int, str]:
+        venv = self.built.path
+        host = {
+            "VIRTUAL_ENV": str(venv),
+            "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONPATH": str(runtime),
+            "REPRO_PARAMS_FILE": str(params_file),
+        }
+        if p.train.metrics:
+            host["REPRO_METRICS_FILE"] = str(p.recipe.root / p.train.metrics)
+        return proc.tee(argv, env=proc.clean_env(variables | host), cwd=p.recipe.root)
+
+    def software(self, runtime_digest: str) -> dict[str, Any]:
+        manifest = env.read_manifest(self.built.path)
+        packages: dict[str, str] = manifest["packages"]
+        return {"python": self.built.python, "packages": packages,
+                # CUDA runtime, cuDNN, NCCL… as the wheels that bring them (nvidia-cudnn-cu12 …)
+                "accelerator_libraries": {k: v for k, v in packages.items()
+                                          if k.startswith("nvidia-")},
+                "pylock": manifest["pylock"], "repro": __version__, "runtime": runtime_digest}
 
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _execute(p: Plan, built: env.BuildResult, store: Store,
+def _execute(p: Plan, runner: Runner, store: Store,
              say: Callable[[str], None]) -> RunResult:
     recipe, train = p.recipe, p.train
     for out in [*train.outputs, *([train.metrics] if train.metrics else [])]:
@@ -246,9 +286,9 @@ def _execute(p: Plan, built: env.BuildResult, store: Store,
     with tempfile.TemporaryDirectory(dir=store.root / "tmp") as tmp:
         params_file = Path(tmp) / "params.json"
         params_file.write_text(json.dumps(p.params, sort_keys=True))
-        variables = _run_env(p, built.path, runtime, params_file)
+        variables = seeded_env(p)
         started, clock = _now(), time.perf_counter()
-        code, tail = proc.tee(argv, env=proc.clean_env(variables), cwd=recipe.root)
+        code, tail = runner.execute(p, argv, variables, runtime, params_file)
         duration = round(time.perf_counter() - clock, 3)
     record: dict[str, Any] = {
         "schema": RECORD_SCHEMA,
@@ -261,10 +301,10 @@ def _execute(p: Plan, built: env.BuildResult, store: Store,
         "command": argv,
         "params": p.params,
         "seed": p.seed,
-        "variables": {k: v for k, v in variables.items() if k not in _PER_HOST},
+        "variables": variables,
         "hardware": p.hardware,
         "hardware_class": p.hardware_class,
-        "software": _software(built, runtime_digest),
+        "software": runner.software(runtime_digest),
         "started": started,
         "ended": _now(),
         "duration": duration,
@@ -288,16 +328,6 @@ def _execute(p: Plan, built: env.BuildResult, store: Store,
                for o in record["outputs"]}
     digest = store.add_record(record, succeeded=True)
     return RunResult(digest, record, cached=False, objects=objects)
-
-
-def _software(built: env.BuildResult, runtime_digest: str) -> dict[str, Any]:
-    manifest = env.read_manifest(built.path)
-    packages: dict[str, str] = manifest["packages"]
-    return {"python": built.python, "packages": packages,
-            # CUDA runtime, cuDNN, NCCL… as the wheels that bring them (nvidia-cudnn-cu12 …)
-            "accelerator_libraries": {k: v for k, v in packages.items()
-                                      if k.startswith("nvidia-")},
-            "pylock": manifest["pylock"], "repro": __version__, "runtime": runtime_digest}
 
 
 def _read_metrics(store: Store, record: dict[str, Any], path: Path) -> dict[str, Any]:

@@ -101,16 +101,29 @@ def load(ref: str, store: Store, arch: str) -> Base:
     return Base(digest, layers, config)
 
 
-def interpreters(base: Base) -> set[str]:
-    """The Python versions (major.minor) whose executables the base's layers hold."""
-    found = set()
+def interpreters(base: Base) -> dict[str, str]:
+    """Python versions (major.minor) whose executables the base's layers hold, with paths."""
+    found: dict[str, str] = {}
     for layer in base.layers:
         with tarfile.open(fileobj=io.BytesIO(gzip.decompress(layer.data))) as tar:
             for name in tar.getnames():
                 m = _PYTHON.match(name.lstrip("./"))
                 if m:
-                    found.add(m.group(1))
+                    found.setdefault(m.group(1), "/" + name.lstrip("./"))
     return found
+
+
+def interpreter_path(base: Base, python: str, recipe_path: Path) -> str:
+    """Where the base keeps the lock's Python (after `check_interpreter`).
+
+    Raises:
+        InputError: the base is scratch or has no such interpreter.
+    """
+    if base.digest == "scratch":
+        raise InputError(f"{recipe_path}: image.base is scratch: the image has no Python to "
+                         "run the command", hint="pin a base with Python in image.base")
+    check_interpreter(base, python, recipe_path)
+    return interpreters(base)[".".join(python.split(".")[:2])]
 
 
 def check_interpreter(base: Base, python: str, recipe_path: Path) -> None:

@@ -43,6 +43,7 @@ class ImageResult:
     layout: Path
     archive: Path
     tag: str
+    architecture: str = "amd64"
     layers: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -219,7 +220,8 @@ def build_image(
         say("Loading into the Docker-compatible engine at " + os.environ.get(
             "DOCKER_HOST", "the default socket"))
         load_archive(archive)
-    return ImageResult(image.digest, image.config_digest, folder, archive, tag, described)
+    store.put(current.pylock_path.read_bytes())  # so records and provenance can cite it
+    return ImageResult(image.digest, image.config_digest, folder, archive, tag, arch, described)
 
 
 def load_archive(archive: Path) -> list[str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from builder.image import layout, tarball
+from tests.conftest import MACHINE_WHEELS, ROOT
 from tests.func import bases
 from tests.func.helpers import repro
 
@@ -165,3 +166,48 @@ def test_the_exported_dockerfile_builds_with_buildah_and_installs_the_lock(
                   "path=['/opt/repro/site-packages']))))")
     assert ran.returncode == 0, ran.stderr
     assert json.loads(ran.stdout) == [["numpy", "2.4.6"]]
+
+
+def test_a_run_inside_the_image_matches_the_venv_run_bit_for_bit(
+    project: Path, python_base: tuple[Path, str], registry: str,
+) -> None:
+    base_layout, digest = python_base
+    bases.push(base_layout, "base:3.11", f"{registry}/python:3.11")
+    with_base(project, f"{registry}/python@{digest}")
+    in_venv = repro("run", "--json", cwd=project)
+    assert in_venv.code == 0, in_venv.err
+    in_image = repro("run", "--in", "image", "--json", cwd=project)
+    assert in_image.code == 0, in_image.err
+    a, b = in_venv.json, in_image.json
+    assert b["cached"] is False
+    assert b["run_key"] != a["run_key"]  # the image digest is part of the key
+    assert [o["digest"] for o in b["outputs"]] == [o["digest"] for o in a["outputs"]]
+    assert b["metrics"] == a["metrics"]
+    record = repro("show", b["record"], "--json", cwd=project).json
+    assert record["software"]["image"].startswith("sha256:")
+    assert record["software"]["python"] == "/usr/bin/python3.11"
+    assert record["variables"]["REPRO_SEED"] == "7"
+    again = repro("run", "--in", "image", "--json", cwd=project)
+    assert again.json["cached"] is True
+
+
+@pytest.mark.skipif(not (Path(MACHINE_WHEELS or "/nonexistent") /
+                         "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").is_file(),
+                    reason="the torch 2.13.0 CPU wheel is not in $PIP_FIND_LINKS here")
+def test_the_torch_example_trains_to_the_same_weights_inside_its_image(
+    tmp_path: Path, python_base: tuple[Path, str], registry: str,
+) -> None:
+    base_layout, digest = python_base
+    bases.push(base_layout, "base:3.11", f"{registry}/python:3.11")
+    example = shutil.copytree(ROOT / "examples" / "torch-mlp", tmp_path / "torch-mlp",
+                              ignore=shutil.ignore_patterns("model.pt", "metrics.json"))
+    recipe = example / "repro.toml"
+    recipe.write_text(recipe.read_text() + f'\n[image]\nbase = "{registry}/python@{digest}"\n')
+    machine = {"REPRO_FIND_LINKS": MACHINE_WHEELS}
+    assert repro("lock", cwd=example, env=machine).code == 0
+    in_image = repro("run", "--in", "image", "--json", cwd=example, env=machine)
+    assert in_image.code == 0, in_image.err
+    baseline = json.loads((ROOT / "examples/torch-mlp/lockfiles/torch-mlp/baseline.json")
+                          .read_text())
+    # the committed baseline was trained in a venv on the host's Python 3.11.7
+    assert in_image.json["outputs"][0]["digest"] == baseline["runs"][0]["outputs"][0]["digest"]
