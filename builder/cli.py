@@ -131,8 +131,10 @@ def cli() -> None:
               help="Do not resolve: exit 1 if the lock no longer matches the recipe.")
 @click.option("-U", "--upgrade", is_flag=True,
               help="Ignore the versions in the current lock; take the newest allowed.")
+@click.option("--update-base", is_flag=True,
+              help="Resolve an image.base given by tag now, and record its digest.")
 def lock_cmd(recipe: str | None, machine: Any, offline: bool, resolver: str,
-             check_only: bool, upgrade: bool) -> None:
+             check_only: bool, upgrade: bool, update_base: bool) -> None:
     """Resolve the recipe into lockfiles/<name>/pylock.toml and repro.lock."""
     from builder import lock  # noqa: PLC0415
 
@@ -146,7 +148,7 @@ def lock_cmd(recipe: str | None, machine: Any, offline: bool, resolver: str,
     OUT.say(f"Resolving {r.name} with {resolver} for Python {r.environment.python} "
             f"on {r.environment.platform}")
     result = lock.write_lock(r, resolver=resolver, machine=machine, offline=offline,
-                             upgrade=upgrade)
+                             upgrade=upgrade, update_base=update_base)
     verb = "Wrote" if result.changed else "Unchanged:"
     _emit(result.to_json(), f"{verb} {result.lockfile.parent} ({result.packages} packages, "
                             f"env {result.env})")

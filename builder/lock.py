@@ -58,8 +58,11 @@ def base_digest(recipe: Recipe) -> str:
     return base.split("@", 1)[1] if "@" in base else base
 
 
-def env_id(recipe: Recipe, packages: list[Package]) -> str:
-    """The env id: interpreter, platform, every locked artefact, system packages, base, format."""
+def env_id(recipe: Recipe, packages: list[Package], base: str | None = None) -> str:
+    """The env id: interpreter, platform, every locked artefact, system packages, base, format.
+
+    `base` is the base's digest when the recipe names it by tag (the lock resolved it).
+    """
     return hashing.digest_json(
         {
             "format": ENV_FORMAT,
@@ -67,9 +70,27 @@ def env_id(recipe: Recipe, packages: list[Package]) -> str:
             "platform": recipe.environment.platform,
             "packages": sorted((p.identity() for p in packages), key=lambda p: p["name"]),
             "system-packages": sorted(recipe.environment.system_packages),
-            "base": base_digest(recipe),
+            "base": base or base_digest(recipe),
         }
     )
+
+
+def base_ref(recipe: Recipe, locked: Lock) -> str:
+    """The base to build on: the recipe's if pinned, else its tag at the lock's digest."""
+    if recipe.image.pinned:
+        return recipe.image.base
+    return f"{recipe.image.base}@{locked.data['base']}"
+
+
+def _locked_base(recipe: Recipe) -> str | None:
+    path = recipe.lock_dir / REPRO_LOCK
+    if not path.is_file():
+        return None
+    try:
+        base = tomllib.loads(path.read_text()).get("base", "")
+    except tomllib.TOMLDecodeError:
+        return None
+    return str(base) if str(base).startswith("sha256:") else None
 
 
 def write_lock(
@@ -79,24 +100,38 @@ def write_lock(
     machine: MachineSources = NO_MACHINE_SOURCES,
     offline: bool = False,
     upgrade: bool = False,
+    update_base: bool = False,
 ) -> LockResult:
     """Resolve the recipe and write its lock files, rewriting them only when bytes change.
 
     Versions in the current lock are kept where the recipe still allows them, unless `upgrade`.
+    An image base named by tag keeps the digest the lock recorded; `update_base` asks the
+    registry what the tag names now.
 
     Raises:
-        InputError: the image base is not pinned by digest.
+        InputError: the base is a tag with no recorded digest, and `update_base` is off.
         ResolutionError, ToolError: from the resolver.
+        RegistryError: the tag could not be resolved.
     """
+    base = base_digest(recipe)
     if not recipe.image.pinned:
-        raise InputError(
-            f"{recipe.path}: image.base {recipe.image.base!r} is not pinned by digest",
-            hint="write the base as name@sha256:<digest> so the lock stays reproducible",
-        )
+        recorded = _locked_base(recipe)
+        if update_base:
+            from builder.image.registry import resolve_tag  # noqa: PLC0415
+
+            base = resolve_tag(recipe.image.base)
+        elif recorded is None:
+            raise InputError(
+                f"{recipe.path}: image.base {recipe.image.base!r} is not pinned by digest",
+                hint="write the base as name@sha256:<digest>, or run `repro lock --update-base` "
+                     "to resolve the tag now and record its digest in the lock")
+        else:
+            base = recorded
     packages = resolve(recipe, resolver, machine, offline=offline, upgrade=upgrade)
     pylock_text = pylock.dumps(packages, recipe.environment.python, recipe.environment.platform)
-    identity = env_id(recipe, packages)
-    lock_text = _repro_lock_text(recipe, identity, hashing.digest_bytes(pylock_text.encode()))
+    identity = env_id(recipe, packages, base)
+    lock_text = _repro_lock_text(recipe, identity, hashing.digest_bytes(pylock_text.encode()),
+                                 base)
     changed = False
     for name, text in ((PYLOCK, pylock_text), (REPRO_LOCK, lock_text)):
         path = recipe.lock_dir / name
@@ -107,7 +142,7 @@ def write_lock(
     return LockResult(recipe.name, identity, recipe.lock_dir / REPRO_LOCK, changed, len(packages))
 
 
-def _repro_lock_text(recipe: Recipe, identity: str, pylock_digest: str) -> str:
+def _repro_lock_text(recipe: Recipe, identity: str, pylock_digest: str, base: str) -> str:
     import tomlkit  # noqa: PLC0415  (only writing needs it)
 
     inputs = recipe.env_inputs()
@@ -121,7 +156,7 @@ def _repro_lock_text(recipe: Recipe, identity: str, pylock_digest: str) -> str:
     interp.update({"implementation": "cpython", "version": recipe.environment.python})
     doc["interpreter"] = interp
     doc["platform"] = recipe.environment.platform
-    doc["base"] = base_digest(recipe)
+    doc["base"] = base
     doc["system-packages"] = inputs["system-packages"]
     table = tomlkit.table()
     table.add(tomlkit.comment("the recipe's environment inputs this lock was resolved from"))
@@ -151,7 +186,9 @@ def read_lock(recipe: Recipe) -> Lock:
                             hint="re-create it with `repro lock`") from exc
     raw = py_path.read_bytes()
     packages = pylock.loads(raw.decode(), py_path)
-    return Lock(recipe, packages, env_id(recipe, packages), hashing.digest_bytes(raw), data)
+    base = None if recipe.image.pinned else str(data.get("base", ""))
+    return Lock(recipe, packages, env_id(recipe, packages, base), hashing.digest_bytes(raw),
+                data)
 
 
 def problems(recipe: Recipe) -> tuple[list[str], list[str]]:

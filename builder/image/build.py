@@ -166,9 +166,10 @@ def build_image(
                          hint=f"use one of: {', '.join(ARCHITECTURES)}")
     current, _ = env.current_lock(recipe, mode, machine, offline, say)
     (store.root / "tmp").mkdir(parents=True, exist_ok=True)
-    if recipe.image.base != "scratch":
-        say(f"Base {recipe.image.base}")
-    base = bases.load(recipe.image.base, store, arch)
+    base_ref = lock.base_ref(recipe, current)
+    if base_ref != "scratch":
+        say(f"Base {base_ref}")
+    base = bases.load(base_ref, store, arch)
     bases.check_interpreter(base, recipe.environment.python, recipe.path)
     if len(base.layers) + len(current.packages) >= MAX_LAYERS:
         raise InputError(f"{recipe.name} locks {len(current.packages)} packages; one layer "

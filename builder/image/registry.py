@@ -150,6 +150,19 @@ class Registry:
         return sha256(data)
 
 
+def resolve_tag(ref: str) -> str:
+    """The digest a registry's tag names now (of the manifest or index it serves).
+
+    Raises:
+        RegistryError: the registry cannot be reached or has no such tag.
+    """
+    parsed = Reference.parse(ref)
+    client = Registry(parsed.registry)
+    reply, body = client.request("GET", f"{parsed.repository}/manifests/{parsed.tag or 'latest'}",
+                                 headers={"Accept": ", ".join(MANIFEST_TYPES)})
+    return reply.get("Docker-Content-Digest") or sha256(body)
+
+
 def platform_manifest(index: dict[str, Any], arch: str) -> str:
     """The digest of the linux/<arch> manifest in an image index."""
     for m in index.get("manifests", []):

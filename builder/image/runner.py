@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from builder import __version__, env, proc
+from builder import __version__, env, lock, proc
 from builder.errors import ToolError
 from builder.image import base as bases
 from builder.image.build import SITE, ImageResult, build_image
@@ -49,7 +49,7 @@ class ImageRunner:
         image = build_image(recipe, store=store, mode=mode, machine=machine, offline=offline,
                             say=say)
         current, _ = env.current_lock(recipe, "frozen", machine, offline)
-        base = bases.load(recipe.image.base, store, image.architecture)
+        base = bases.load(lock.base_ref(recipe, current), store, image.architecture)
         python = bases.interpreter_path(base, recipe.environment.python, recipe.path)
         return cls(image, python, {p.name: p.version for p in current.packages},
                    current.pylock_digest, store)

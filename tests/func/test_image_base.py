@@ -211,3 +211,33 @@ def test_the_torch_example_trains_to_the_same_weights_inside_its_image(
                           .read_text())
     # the committed baseline was trained in a venv on the host's Python 3.11.7
     assert in_image.json["outputs"][0]["digest"] == baseline["runs"][0]["outputs"][0]["digest"]
+
+
+def test_a_base_by_tag_is_refused_until_update_base_records_its_digest(
+    project: Path, tmp_path: Path, python_base: tuple[Path, str], registry: str,
+) -> None:
+    base_layout, digest = python_base
+    bases.push(base_layout, "base:3.11", f"{registry}/moving:stable")
+    recipe = project / "repro.toml"
+    recipe.write_text(recipe.read_text() + f'\n[image]\nbase = "{registry}/moving:stable"\n')
+    refused = repro("lock", cwd=project)
+    assert refused.code == 2
+    assert "is not pinned by digest" in refused.err
+    assert "repro lock --update-base" in refused.err
+
+    first = repro("lock", "--update-base", "--json", cwd=project)
+    assert first.code == 0, first.err
+    assert f'base = "{digest}"' in (project / "lockfiles/digits-logreg/repro.lock").read_text()
+    assert repro("lock", "--check", cwd=project).code == 0
+    built = repro("build", "--image", "-o", tmp_path / "img", "--json", cwd=project)
+    assert built.code == 0, built.err
+    assert built.json["layers"][0]["content"] == f"base {digest}"
+
+    # The tag moves; the lock does not, until asked.
+    other, other_digest = bases.python_base(tmp_path / "other", pip=True)
+    bases.push(other, "base:3.11", f"{registry}/moving:stable")
+    kept = repro("lock", "--json", cwd=project)
+    assert kept.json["env"] == first.json["env"]
+    moved = repro("lock", "--update-base", "--json", cwd=project)
+    assert moved.json["env"] != first.json["env"]
+    assert f'base = "{other_digest}"' in (project / "lockfiles/digits-logreg/repro.lock").read_text()

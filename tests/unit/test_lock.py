@@ -48,7 +48,7 @@ def write(r: Recipe, packages: list[Package]) -> None:
     gen(r.lock_dir, {
         "pylock.toml": text,
         "repro.lock": lock._repro_lock_text(r, lock.env_id(r, packages),
-                                            lock.hashing.digest_bytes(text.encode())),
+                                            lock.hashing.digest_bytes(text.encode()), "scratch"),
     })
 
 
