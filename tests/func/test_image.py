@@ -106,9 +106,10 @@ def test_bad_image_inputs(project: Path, tmp_path: Path) -> None:
     recipe = project / "repro.toml"
     recipe.write_text(recipe.read_text() + '\n[image]\nbase = "registry.local/python@sha256:'
                       + "a" * 64 + '"\n')
-    r = repro("build", "--image", cwd=project)
-    assert r.code == 2
-    assert "builds images from scratch only" in r.err
+    r = repro("build", "--image", "-o", tmp_path / "fresh", cwd=project)
+    assert r.code == 3
+    assert "cannot reach the registry registry.local" in r.err
+    assert not (tmp_path / "fresh").exists()
 
 
 def test_an_image_names_the_recipe_env_and_lock_that_made_it(project: Path,
