@@ -69,11 +69,16 @@ def load(ref: str, store: Store, arch: str) -> Base:
         folder = Path(name.removeprefix("oci:"))
 
         def fetch_blob(d: str) -> bytes:
-            path = folder / "blobs" / "sha256" / d.removeprefix("sha256:")
-            if not path.is_file():
-                raise InputError(f"{folder} has no blob {d}",
-                                 hint="check image.base's digest against the layout's index")
-            return path.read_bytes()
+            member = f"blobs/sha256/{d.removeprefix('sha256:')}"
+            if folder.is_file():  # an archive: a tar of a layout (what --image writes as .tar)
+                with tarfile.open(folder) as tar:
+                    for info in tar:
+                        if info.name.removeprefix("./") == member and info.isfile():
+                            return tar.extractfile(info).read()  # type: ignore[union-attr]
+            elif (folder / member).is_file():
+                return (folder / member).read_bytes()
+            raise InputError(f"{folder} has no blob {d}",
+                             hint="check image.base's digest against the layout's index")
 
         fetch_manifest = fetch_blob
     else:
@@ -101,15 +106,21 @@ def load(ref: str, store: Store, arch: str) -> Base:
     return Base(digest, layers, config)
 
 
+def _names(base: Base) -> list[str]:
+    names = []
+    for layer in base.layers:
+        with tarfile.open(fileobj=io.BytesIO(gzip.decompress(layer.data))) as tar:
+            names += [n.lstrip("./") for n in tar.getnames()]
+    return names
+
+
 def interpreters(base: Base) -> dict[str, str]:
     """Python versions (major.minor) whose executables the base's layers hold, with paths."""
     found: dict[str, str] = {}
-    for layer in base.layers:
-        with tarfile.open(fileobj=io.BytesIO(gzip.decompress(layer.data))) as tar:
-            for name in tar.getnames():
-                m = _PYTHON.match(name.lstrip("./"))
-                if m:
-                    found.setdefault(m.group(1), "/" + name.lstrip("./"))
+    for name in _names(base):
+        m = _PYTHON.match(name)
+        if m:
+            found.setdefault(m.group(1), "/" + name)
     return found
 
 
@@ -135,6 +146,10 @@ def check_interpreter(base: Base, python: str, recipe_path: Path) -> None:
     if base.digest == "scratch":
         return
     minor = ".".join(python.split(".")[:2])
+    if any(re.match(r"^(usr/)?lib/ld-musl-", n) for n in _names(base)):
+        raise InputError(f"{recipe_path}: the base image {base.digest} is musl-based (Alpine?), "
+                         "but the lock holds manylinux wheels, built for glibc",
+                         hint="pick a glibc base (Debian, Ubuntu, python:3.x-slim)")
     found = interpreters(base)
     if minor not in found:
         raise InputError(

@@ -87,13 +87,25 @@ def test_a_base_pulled_by_digest_runs_the_locked_packages_in_buildah(
     assert again.json["image"] == image["image"]
 
 
-def test_a_local_layout_can_be_the_base(project: Path, tmp_path: Path,
-                                        python_base: tuple[Path, str]) -> None:
+def test_a_local_layout_or_archive_can_be_the_base(project: Path, tmp_path: Path,
+                                                   python_base: tuple[Path, str]) -> None:
+    import tarfile
+
     base_layout, digest = python_base
     with_base(project, f"oci:{base_layout}@{digest}")
     r = repro("build", "--image", "-o", tmp_path / "img", "--json", cwd=project)
     assert r.code == 0, r.err
     assert len(r.json["layers"]) == 3
+    archive = tmp_path / "base.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(base_layout, arcname=".")
+    recipe = project / "repro.toml"
+    recipe.write_text(recipe.read_text().replace(f"oci:{base_layout}@", f"oci:{archive}@"))
+    assert repro("lock", cwd=project).code == 0
+    from_archive = repro("build", "--image", "-o", tmp_path / "img2", "--json", cwd=project,
+                         env={"REPRO_HOME": str(tmp_path / "store2")})
+    assert from_archive.code == 0, from_archive.err
+    assert from_archive.json["layers"][0] == r.json["layers"][0]
 
 
 def test_bad_bases_fail_before_any_image_is_written(
@@ -130,9 +142,27 @@ def test_bad_bases_fail_before_any_image_is_written(
     assert not out.exists()
     assert not (tmp_path / "repro-home" / "layers").exists()  # no layer was built
 
+    musl = tmp_path / "musl-rootfs"
+    (musl / "lib").mkdir(parents=True)
+    (musl / "lib/ld-musl-x86_64.so.1").write_bytes(b"")
+    (musl / "usr/bin").mkdir(parents=True)
+    (musl / "usr/bin/python3.11").write_bytes(b"")
+    alpine = layout.assemble([tarball.layer([(musl, "")])], architecture="amd64", env={},
+                             entrypoint=[], workdir="/", labels={},
+                             created="1970-01-01T00:00:00Z")
+    layout.write_layout(alpine, tmp_path / "musl", "m:1")
+    project_toml.write_text(project_toml.read_text().replace(
+        f"oci:{tmp_path / 'no-python'}@{no_python.digest}",
+        f"oci:{tmp_path / 'musl'}@{alpine.digest}"))
+    assert repro("lock", cwd=project).code == 0
+    r = repro("build", "--image", "-o", out, cwd=project)
+    assert r.code == 2
+    assert "is musl-based" in r.err
+    assert not out.exists()
+
     project_toml.write_text(project_toml.read_text().replace('python = "3.11"',
                                                              'python = "3.12"')
-                            .replace(f"oci:{tmp_path / 'no-python'}@{no_python.digest}",
+                            .replace(f"oci:{tmp_path / 'musl'}@{alpine.digest}",
                                      f"oci:{base_layout}@{digest}"))
     assert repro("lock", cwd=project).code == 0
     r = repro("build", "--image", "-o", out, cwd=project)

@@ -62,3 +62,24 @@ def test_verify_reproduces_the_committed_baseline_bit_for_bit(tmp_path: Path) ->
     assert r.json["verdict"] == "reproduced"
     assert r.json["standard"] == "bitwise"
     assert r.json["checks"] == [{**r.json["checks"][0], "ok": True, "detail": "identical"}]
+
+
+def test_the_torch_image_has_one_digest_across_folders_stores_and_umasks(tmp_path: Path) -> None:
+    import os
+
+    digests = []
+    for i, umask in enumerate((0o022, 0o077)):
+        copy = shutil.copytree(EXAMPLE, tmp_path / f"copy{i}" / "torch-mlp",
+                               ignore=shutil.ignore_patterns("model.pt", "metrics.json"))
+        old = os.umask(umask)
+        try:
+            r = repro("build", "--image", "--find-links", MACHINE_WHEELS, "-o",
+                      tmp_path / f"img{i}", "--json", cwd=copy,
+                      env={"REPRO_HOME": str(tmp_path / f"store{i}")})
+        finally:
+            os.umask(old)
+        assert r.code == 0, r.err
+        digests.append(r.json["image"])
+        torch_layer = next(x for x in r.json["layers"] if x["content"].startswith("torch "))
+        assert torch_layer["size"] > 100_000_000
+    assert digests[0] == digests[1]
