@@ -185,11 +185,14 @@ def exec_in(
         raise InputError("no command given", hint="write the command after --: "
                                                   "repro exec -- python -c 'import numpy'")
     built = build(recipe, store=store, mode=mode, machine=machine, offline=offline, say=say)
-    env = proc.clean_env({
-        "VIRTUAL_ENV": str(built.path),
-        "PATH": f"{built.path / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-    })
-    return built, proc.call(argv, env=env, cwd=recipe.root, to_stderr=capture)
+    return built, proc.call(argv, env=proc.clean_env(activate(built.path)), cwd=recipe.root,
+                            to_stderr=capture)
+
+
+def activate(venv: Path) -> dict[str, str]:
+    """The variables that put a virtualenv first, as its `activate` script would."""
+    return {"VIRTUAL_ENV": str(venv),
+            "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
 def status(recipe: Recipe, *, store: Store) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -249,25 +248,26 @@ class VenvRunner:
 
     def execute(self, p: Plan, argv: list[str], variables: dict[str, str],
                 runtime: Path, params_file: Path) -> tuple[int, str]:
-        venv = self.built.path
-        host = {
-            "VIRTUAL_ENV": str(venv),
-            "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-            "PYTHONPATH": str(runtime),
-            "REPRO_PARAMS_FILE": str(params_file),
-        }
+        host = {**env.activate(self.built.path), "PYTHONPATH": str(runtime),
+                "REPRO_PARAMS_FILE": str(params_file)}
         if p.train.metrics:
             host["REPRO_METRICS_FILE"] = str(p.recipe.root / p.train.metrics)
         return proc.tee(argv, env=proc.clean_env(variables | host), cwd=p.recipe.root)
 
     def software(self, runtime_digest: str) -> dict[str, Any]:
         manifest = env.read_manifest(self.built.path)
-        packages: dict[str, str] = manifest["packages"]
-        return {"python": self.built.python, "packages": packages,
-                # CUDA runtime, cuDNN, NCCL… as the wheels that bring them (nvidia-cudnn-cu12 …)
-                "accelerator_libraries": {k: v for k, v in packages.items()
-                                          if k.startswith("nvidia-")},
-                "pylock": manifest["pylock"], "repro": __version__, "runtime": runtime_digest}
+        return software(self.built.python, manifest["packages"], manifest["pylock"],
+                        runtime_digest)
+
+
+def software(python: str, packages: dict[str, str], pylock_digest: str, runtime_digest: str,
+             **more: str) -> dict[str, Any]:
+    """A record's `software`: interpreter, packages, the pylock and runtime it ran with."""
+    return {"python": python, "packages": packages,
+            # CUDA runtime, cuDNN, NCCL… as the wheels that bring them (nvidia-cudnn-cu12 …)
+            "accelerator_libraries": {k: v for k, v in packages.items()
+                                      if k.startswith("nvidia-")},
+            "pylock": pylock_digest, "repro": __version__, "runtime": runtime_digest, **more}
 
 
 def _now() -> str:
@@ -380,8 +380,7 @@ def evaluate(recipe: Recipe, store: Store, built: env.BuildResult,
     (store.root / "tmp").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=store.root / "tmp") as tmp:
         metrics_file = Path(tmp) / "evaluation.json"
-        variables = {"VIRTUAL_ENV": str(built.path), "PYTHONPATH": str(runtime),
-                     "PATH": f"{built.path / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        variables = {**env.activate(built.path), "PYTHONPATH": str(runtime),
                      "REPRO_METRICS_FILE": str(metrics_file)}
         code, tail = proc.tee(argv, env=proc.clean_env(variables), cwd=recipe.root)
         if code != 0:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from builder import __version__, env, lock, proc
+from builder import env, lock, proc
 from builder.errors import ToolError
 from builder.image import base as bases
 from builder.image.build import SITE, ImageResult, build_image
@@ -102,8 +102,7 @@ class ImageRunner:
             shutil.rmtree(runroot, ignore_errors=True)
 
     def software(self, runtime_digest: str) -> dict[str, Any]:
-        return {"python": self.python, "packages": self.packages,
-                "accelerator_libraries": {k: v for k, v in self.packages.items()
-                                          if k.startswith("nvidia-")},
-                "pylock": self.pylock_digest, "image": self.image.digest,
-                "repro": __version__, "runtime": runtime_digest}
+        from builder.run import software  # noqa: PLC0415  (run imports this module lazily)
+
+        return software(self.python, self.packages, self.pylock_digest, runtime_digest,
+                        image=self.image.digest)
