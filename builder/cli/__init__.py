@@ -1,4 +1,8 @@
-"""The `repro` command line: each command parses flags, calls one library function, renders it."""
+"""The `repro` command line: each command parses flags, calls one library function, renders it.
+
+Commands live by stage: this module (lock, build, exec, status, cache), `runs` (run, lookup,
+runs, show, export) and `verify` (baseline, verify, diff, history).
+"""
 
 from __future__ import annotations
 
@@ -246,227 +250,6 @@ def status_cmd(recipe: str | None) -> None:
     _emit(info, "\n".join(lines))
 
 
-@cli.command("run")
-@_common
-@_sources
-@click.option("--locked", is_flag=True, help="Fail if the lock is out of date.")
-@click.option("--frozen", is_flag=True, help="Use the lock without checking it.")
-@click.option("--seed", type=click.IntRange(min=0), help="Override the recipe's seed.")
-@click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE",
-              help="Override a declared param (repeatable).")
-@click.option("--no-cache", is_flag=True, help="Train even if this run key is in the store.")
-@click.option("--in", "where", type=click.Choice(["venv", "image"]), default="venv",
-              show_default=True, help="Run in the env's virtualenv, or inside its OCI image "
-                                      "(through buildah; the image digest joins the run key).")
-def run_cmd(recipe: str | None, machine: Any, offline: bool, locked: bool, frozen: bool,
-            seed: int | None, params: tuple[str, ...], no_cache: bool, where: str) -> None:
-    """Train the recipe, or answer from the store if this exact run already succeeded.
-
-    The run key covers the env id, code and data digests, command, params, seed, and the
-    hardware class when the recipe's standard is bitwise.
-    """
-    from builder.run import run  # noqa: PLC0415
-
-    result = run(_recipe(recipe), store=_store(), mode=_mode(locked, frozen), machine=machine,
-                 offline=offline, seed=seed, params=params, use_cache=not no_cache,
-                 in_image=where == "image", say=OUT.say)
-    r = result.record
-    lines = [f"{'cached' if result.cached else 'trained'}: run key {r['run_key']}",
-             f"  record   {result.record_digest}",
-             f"  seed {r['seed']}, params {json.dumps(r['params'], sort_keys=True)}, "
-             f"{r['duration']:.2f}s" + (" (when it was trained)" if result.cached else "")]
-    lines += [f"  metric   {k} = {v}" for k, v in sorted(r["metrics"].items())]
-    lines += [f"  output   {o['path']}  {o['digest']}  -> {result.objects.get(o['path'])}"
-              for o in r["outputs"]]
-    _emit(result.to_json(), "\n".join(lines))
-
-
-@cli.command("lookup")
-@_common
-@click.argument("target", required=False)
-def lookup_cmd(recipe: str | None, target: str | None) -> None:
-    """Find runs by TARGET: a file (which run made it?), a recipe (is it already trained?),
-    or a run key. Default: the current recipe. Exit 0 when found, 1 when not."""
-    from builder.lookup import lookup  # noqa: PLC0415
-
-    found = lookup(target, store=_store(), recipe_hint=recipe)
-    if found.image:
-        _emit(found.to_json(), f"image {found.digest}\n" + "\n".join(
-            f"  {k:<14} {v}" for k, v in sorted(found.image.items())))
-        return
-    if not found.found:
-        _emit(found.to_json(), f"not found: no recorded run matches {found.kind} "
-                               f"{found.target} ({found.digest or 'no such key'})")
-        raise click.exceptions.Exit(errors.EXIT_CHECK)
-    lines = [f"{found.kind} {found.target} ({found.digest})"]
-    lines += _run_lines(found.runs)
-    _emit(found.to_json(), "\n".join(lines))
-
-
-def _run_lines(rows: list[dict[str, Any]]) -> list[str]:
-    lines = []
-    for row in rows:
-        metrics = ", ".join(f"{k}={v}" for k, v in sorted(row["metrics"].items()))
-        lines.append(f"{row['status']:<9} {row['started'][:19]}  key {row['run_key'][7:19]}  "
-                     f"record {row['record'][7:19]}  seed {row['seed']}  "
-                     f"{row['duration']:.2f}s  {metrics}")
-        lines += [f"          {o['path']} -> {o['object']}" for o in row["outputs"]]
-    return lines
-
-
-@cli.command("runs")
-@_common
-def runs_cmd(recipe: str | None) -> None:
-    """List the recorded runs of the recipe (failed ones too), oldest first."""
-    from builder.lookup import runs_of  # noqa: PLC0415
-
-    r = _recipe(recipe)
-    rows = runs_of(r, store=_store())
-    _emit({"recipe": r.name, "runs": rows},
-          "\n".join(_run_lines(rows)) or f"no recorded runs of {r.name}")
-
-
-@cli.command("show")
-@_common
-@click.argument("run", required=False)
-def show_cmd(recipe: str | None, run: str | None) -> None:
-    """Print a run record (RUN: a run key or record digest; default: the latest run)."""
-    from builder.lookup import describe, show  # noqa: PLC0415
-
-    digest, record = show(run, store=_store(), recipe_hint=recipe)
-    if OUT.json:
-        _emit({"record": digest, **record}, "")
-        return
-    _emit({}, describe(digest, record))
-
-
-@cli.group("export", cls=_Group)
-def export() -> None:
-    """Export records in other formats."""
-
-
-@export.command("provenance")
-@_common
-@click.argument("run", required=False)
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to a file.")
-def export_provenance(recipe: str | None, run: str | None, output: str | None) -> None:
-    """Write a run as an in-toto Statement with a SLSA provenance v1 predicate."""
-    from builder.lookup import show  # noqa: PLC0415
-    from builder.provenance import statement  # noqa: PLC0415
-
-    store = _store()
-    digest, record = show(run, store=store, recipe_hint=recipe)
-    text = json.dumps(statement(store, digest, record), indent=2, sort_keys=True)
-    if output:
-        from pathlib import Path  # noqa: PLC0415
-
-        Path(output).write_text(text + "\n")
-        _emit({"record": digest, "output": output}, f"wrote {output}")
-    elif OUT.json:
-        click.echo(json.dumps(statement(store, digest, record), sort_keys=True))
-    else:
-        click.echo(text)
-
-
-@export.command("dockerfile")
-@_common
-@click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
-              help="Where to write it [default: Dockerfile beside the recipe].")
-def export_dockerfile(recipe: str | None, output: str | None) -> None:
-    """Write a Dockerfile equivalent to `repro build --image`: base by digest, every package
-    pinned by sha256. Build it from the recipe's folder."""
-    from pathlib import Path  # noqa: PLC0415
-
-    from builder.image.dockerfile import export as write  # noqa: PLC0415
-
-    dockerfile, requirements = write(_recipe(recipe), _store(),
-                                     Path(output).resolve() if output else None)
-    _emit({"dockerfile": str(dockerfile), "requirements": str(requirements)},
-          f"wrote {dockerfile} and {requirements}")
-
-
-@cli.group("baseline", cls=_Group)
-def baseline() -> None:
-    """The recipe's baseline: its last known good run(s), committed next to its lock."""
-
-
-@baseline.command("set")
-@_common
-@click.argument("runs", nargs=-1)
-def baseline_set(recipe: str | None, runs: tuple[str, ...]) -> None:
-    """Mark RUNS (default: the latest run of each of the recipe's seeds) as the baseline,
-    in lockfiles/<name>/baseline.json."""
-    from builder.baseline import set_baseline  # noqa: PLC0415
-
-    path, base = set_baseline(_recipe(recipe), _store(), runs, say=OUT.say)
-    _emit({"baseline": str(path), **base},
-          f"baseline of {base['recipe']}: {len(base['runs'])} run(s) -> {path}")
-
-
-@cli.command("verify")
-@_common
-@_sources
-@click.argument("target", required=False)
-@click.option("--against", metavar="RUN", help="Compare with this run, not the baseline.")
-@click.option("--seeds", type=click.IntRange(min=1), help="Runs to compare (statistical).")
-@click.option("--report", "report_file", type=click.Path(dir_okay=False),
-              help="Also write a Markdown report to this file.")
-def verify_cmd(recipe: str | None, machine: Any, offline: bool, target: str | None,
-               against: str | None, seeds: int | None, report_file: str | None) -> None:
-    """Re-run the recipe without the cache and compare with its baseline.
-
-    TARGET is a recipe (file or folder) or a run to compare with (like --against).
-    Exit 0 reproduced, 1 drifted, 3 the re-run failed.
-    """
-    from pathlib import Path  # noqa: PLC0415
-
-    from builder import report  # noqa: PLC0415
-    from builder.verify import verify  # noqa: PLC0415
-
-    if target and (Path(target).exists() or target.endswith(".toml")):
-        recipe = target
-    elif target:
-        against = against or target
-    r = _recipe(recipe)
-    store = _store()
-    result = verify(r, store=store, against=against, seeds=seeds, machine=machine,
-                    offline=offline, say=OUT.say)
-    if report_file:
-        Path(report_file).write_text(report.markdown(result, store.verifications_of(r.name)))
-    _emit(result, report.text(result))
-    if result["verdict"] != "reproduced":
-        raise click.exceptions.Exit(errors.EXIT_CHECK)
-
-
-@cli.command("diff")
-@_common
-@click.argument("a")
-@click.argument("b")
-def diff_cmd(recipe: str | None, a: str, b: str) -> None:
-    """What differs between two runs, locks or environments (packages, code, data, params,
-    seed, hardware, outputs, metrics)."""
-    from builder.diff import diff, render  # noqa: PLC0415
-
-    result = diff(a, b, store=_store())
-    _emit(result, render(result))
-
-
-@cli.command("history")
-@_common
-def history_cmd(recipe: str | None) -> None:
-    """Verdicts and times to reproduce of the recipe's verifications, oldest first."""
-    from builder.report import sparkline  # noqa: PLC0415
-
-    r = _recipe(recipe)
-    rows = _store().verifications_of(r.name)
-    lines = [f"{h['started']}  {h['verdict']:<10} {h['duration']:8.2f}s  "
-             + "; ".join(f"{c['kind']}: {c['detail']}" for c in h["causes"]) for h in rows]
-    if rows:
-        lines.append(f"time to reproduce: {sparkline([h['duration'] for h in rows])}")
-    _emit({"recipe": r.name, "verifications": rows},
-          "\n".join(lines) or f"{r.name} has not been verified yet")
-
-
 @cli.group("cache", cls=_Group)
 def cache() -> None:
     """Inspect and clean the store ($REPRO_HOME)."""
@@ -530,6 +313,9 @@ def _fail(code: int, kind: str, message: str, hint: str, exc: BaseException | No
     click.echo(f"error: {message}" + (f"\nhint: {hint}" if hint else ""), err=True)
     return code
 
+
+# The other commands register themselves on `cli` when imported.
+from builder.cli import runs, verify  # noqa: E402, F401
 
 if __name__ == "__main__":
     sys.exit(main())
