@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from builder import __version__, hashing, lock, proc, pylock
-from builder.errors import BuildError, CheckFailed, InputError, ToolError
+from builder.errors import BuildError, InputError, ToolError
 from builder.recipe import Recipe
 from builder.resolve import NO_MACHINE_SOURCES, MachineSources, source_args
 from builder.store import MANIFEST, Store, atomic_write
@@ -53,14 +53,14 @@ def current_lock(
         return lock.read_lock(recipe), False
     if mode == "locked":
         return lock.check(recipe), False
-    stale, tampered = lock.problems(recipe)
+    current, stale, tampered = lock.inspect(recipe)
     if tampered:
         lock.check(recipe)  # raises with the reasons
-    if stale:
+    if stale or current is None:
         say(f"Locking {recipe.name}: " + "; ".join(stale))
         lock.write_lock(recipe, machine=machine, offline=offline)
         return lock.read_lock(recipe), True
-    return lock.read_lock(recipe), False
+    return current, False
 
 
 def build(
@@ -197,7 +197,7 @@ def activate(venv: Path) -> dict[str, str]:
 
 def status(recipe: Recipe, *, store: Store) -> dict[str, Any]:
     """Recipe, lock and environment state at a glance (reads only local files)."""
-    stale, tampered = lock.problems(recipe)
+    current, stale, tampered = lock.inspect(recipe)
     info: dict[str, Any] = {
         "recipe": {"name": recipe.name, "path": str(recipe.path), "digest": recipe.digest()},
         "lock": {"path": str(recipe.lock_dir), "state": "fresh", "reasons": []},
@@ -206,9 +206,7 @@ def status(recipe: Recipe, *, store: Store) -> dict[str, Any]:
     if tampered or stale:
         info["lock"]["state"] = "tampered" if tampered else "stale"
         info["lock"]["reasons"] = tampered or stale
-    try:
-        current = lock.read_lock(recipe)
-    except (CheckFailed, InputError):
+    if current is None:
         info["lock"]["state"] = "missing"
         return info
     ready = store.env_ready(current.env_id)

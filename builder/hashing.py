@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -64,6 +65,17 @@ def digest_bytes(data: bytes) -> str:
 def digest_json(value: Any) -> str:
     """`blake3:<hex>` of a value's canonical JSON: the way every identity is made."""
     return digest_bytes(canonical_json(value))
+
+
+def sha256_digest(data: bytes) -> str:
+    """`sha256:<hex>` of some bytes: the algorithm OCI (blobs) and wheels fix, kept as it is."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file's contents, read in chunks."""
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def file_digest(path: Path) -> str:

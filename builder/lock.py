@@ -192,18 +192,22 @@ def read_lock(recipe: Recipe) -> Lock:
 
 
 def problems(recipe: Recipe) -> tuple[list[str], list[str]]:
-    """Why a lock does not match its recipe: (stale inputs, signs of tampering).
+    """Why a lock does not match its recipe: (stale inputs, signs of tampering)."""
+    _, stale, tampered = inspect(recipe)
+    return stale, tampered
 
-    Reads only local files: no resolver, no network.
-    """
+
+def inspect(recipe: Recipe) -> tuple[Lock | None, list[str], list[str]]:
+    """The lock as read (None if unreadable), and why it does not match its recipe: stale
+    inputs and signs of tampering. Reads and hashes the lock files once; no network."""
     try:
         current = read_lock(recipe)
     except LockfileError as exc:
-        return [exc.message], []
+        return None, [exc.message], []
     data = current.data
     if data.get("version") != LOCK_VERSION:
-        return [f"repro.lock is version {data.get('version')!r}; this repro writes "
-                f"{LOCK_VERSION}"], []
+        return current, [f"repro.lock is version {data.get('version')!r}; this repro writes "
+                         f"{LOCK_VERSION}"], []
     stale = _input_changes(data.get("inputs", {}), recipe.env_inputs())
     tampered = []
     if data.get("pylock") != current.pylock_digest:
@@ -212,7 +216,7 @@ def problems(recipe: Recipe) -> tuple[list[str], list[str]]:
     elif data.get("env") != current.env_id and not stale:
         tampered.append(f"repro.lock's env id {data.get('env')} does not match its packages "
                         f"({current.env_id})")
-    return stale, tampered
+    return current, stale, tampered
 
 
 def _input_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -242,7 +246,7 @@ def check(recipe: Recipe) -> Lock:
     Raises:
         CheckFailed: the lock is missing, stale or tampered with (each reason listed).
     """
-    stale, tampered = problems(recipe)
+    current, stale, tampered = inspect(recipe)
     if tampered:
         raise CheckFailed(f"{recipe.lock_dir} does not match its own digests",
                           reasons=tampered,
@@ -251,4 +255,5 @@ def check(recipe: Recipe) -> Lock:
     if stale:
         raise CheckFailed(f"{recipe.lock_dir} is out of date with {recipe.path}",
                           reasons=stale, hint="run `repro lock` and commit the result")
-    return read_lock(recipe)
+    assert current is not None  # noqa: S101  (an unreadable lock is reported as stale)
+    return current

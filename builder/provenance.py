@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from builder import hashing, pylock
@@ -17,16 +16,11 @@ def _blake3(digest: str) -> str:
     return digest.removeprefix(hashing.PREFIX)
 
 
-def _sha256(path: Any) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def statement(store: Store, record_digest: str, record: dict[str, Any]) -> dict[str, Any]:
     """The Statement: subjects are the run's outputs (sha256 and blake3), the predicate
     says how they were made: recipe, command, params, seed, code, data and every package."""
     subjects = [{"name": o["path"],
-                 "digest": {"sha256": _sha256(store.object_path(o["digest"])),
+                 "digest": {"sha256": hashing.sha256_file(store.object_path(o["digest"])),
                             "blake3": _blake3(o["digest"])}}
                 for o in record["outputs"]]
     code = record["code"]

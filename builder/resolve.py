@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 from builder import proc
 from builder.errors import InputError, ResolutionError, ToolError
+from builder.hashing import sha256_file
 from builder.pylock import Artefact, Package, loads
 from builder.recipe import Recipe, Source, canonical_name
 
@@ -183,7 +184,8 @@ def _index_files(name: str, recipe: Recipe, machine: MachineSources) -> list[Art
     for folder in machine.find_links:
         for path in sorted(Path(folder).glob("*")):
             if _project_of(path.name) == name:
-                files.append(Artefact(path.resolve().as_uri(), _sha256(path), path.stat().st_size))
+                files.append(Artefact(path.resolve().as_uri(), sha256_file(path),
+                                      path.stat().st_size))
     indexes = [PYPI] + [s.url for s in recipe.environment.sources
                         if s.kind == "index" and not machine]
     for index in indexes:
@@ -209,13 +211,6 @@ def _upload_time(text: str | None) -> dt.datetime | None:
 
 def _project_of(filename: str) -> str:
     return str(canonical_name(re.split(r"-\d", filename, maxsplit=1)[0]))
-
-
-def _sha256(path: Path) -> str:
-    import hashlib  # noqa: PLC0415
-
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _declared_source(name: str, sources: Sequence[Source]) -> Source | None:

@@ -8,7 +8,6 @@ and must match the lock before any layer is written.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import re
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import InputError
+from builder.hashing import sha256_digest
 from builder.image import registry
 from builder.image.tarball import Layer
 from builder.store import Store, atomic_write
@@ -33,6 +33,7 @@ class Base:
     digest: str  # of the manifest, "scratch" for none
     layers: list[Layer] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)  # every path in its layers, read once
 
 
 def _blob_path(store: Store, digest: str) -> Path:
@@ -43,10 +44,10 @@ def _cached(store: Store, digest: str, fetch: Callable[[str], bytes]) -> bytes:
     path = _blob_path(store, digest)
     if path.is_file():
         data = path.read_bytes()
-        if registry.sha256(data) == digest:
+        if sha256_digest(data) == digest:
             return data
     data = fetch(digest)
-    if registry.sha256(data) != digest:
+    if sha256_digest(data) != digest:
         raise registry.RegistryError(f"blob {digest} does not match its digest")
     atomic_write(path, data)
     return data
@@ -99,54 +100,38 @@ def load(ref: str, store: Store, arch: str) -> Base:
     diff_ids = config["rootfs"]["diff_ids"]
     layers = [Layer(diff_id, d["digest"], d["size"], _cached(store, d["digest"], fetch_blob))
               for diff_id, d in zip(diff_ids, manifest["layers"], strict=True)]
-    for layer in layers:
+    names: list[str] = []
+    for layer in layers:  # one decompression each: checks the diff_id and lists the files
         raw = gzip.decompress(layer.data)
-        if "sha256:" + hashlib.sha256(raw).hexdigest() != layer.diff_id:
+        if sha256_digest(raw) != layer.diff_id:
             raise registry.RegistryError(f"a base layer does not match its diff_id {layer.diff_id}")
-    return Base(digest, layers, config)
-
-
-def _names(base: Base) -> list[str]:
-    names = []
-    for layer in base.layers:
-        with tarfile.open(fileobj=io.BytesIO(gzip.decompress(layer.data))) as tar:
-            names += [n.lstrip("./") for n in tar.getnames()]
-    return names
+        with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+            names += [n.removeprefix("./") for n in tar.getnames()]
+    return Base(digest, layers, config, names)
 
 
 def interpreters(base: Base) -> dict[str, str]:
     """Python versions (major.minor) whose executables the base's layers hold, with paths."""
     found: dict[str, str] = {}
-    for name in _names(base):
+    for name in base.names:
         m = _PYTHON.match(name)
         if m:
             found.setdefault(m.group(1), "/" + name)
     return found
 
 
-def interpreter_path(base: Base, python: str, recipe_path: Path) -> str:
-    """Where the base keeps the lock's Python (after `check_interpreter`).
-
-    Raises:
-        InputError: the base is scratch or has no such interpreter.
-    """
-    if base.digest == "scratch":
-        raise InputError(f"{recipe_path}: image.base is scratch: the image has no Python to "
-                         "run the command", hint="pin a base with Python in image.base")
-    check_interpreter(base, python, recipe_path)
-    return interpreters(base)[".".join(python.split(".")[:2])]
-
-
-def check_interpreter(base: Base, python: str, recipe_path: Path) -> None:
+def check_interpreter(base: Base, python: str, recipe_path: Path) -> str | None:
     """The base must hold the lock's Python (major.minor); checked before any layer is built.
+
+    Returns where it is (e.g. /usr/bin/python3.11), or None for scratch.
 
     Raises:
         InputError: it does not, or it is musl-based (manylinux wheels need glibc).
     """
     if base.digest == "scratch":
-        return
+        return None
     minor = ".".join(python.split(".")[:2])
-    if any(re.match(r"^(usr/)?lib/ld-musl-", n) for n in _names(base)):
+    if any(re.match(r"^(usr/)?lib/ld-musl-", n) for n in base.names):
         raise InputError(f"{recipe_path}: the base image {base.digest} is musl-based (Alpine?), "
                          "but the lock holds manylinux wheels, built for glibc",
                          hint="pick a glibc base (Debian, Ubuntu, python:3.x-slim)")
@@ -161,3 +146,4 @@ def check_interpreter(base: Base, python: str, recipe_path: Path) -> None:
     exact = env.get("PYTHON_VERSION")
     if python.count(".") == 2 and exact and exact != python:
         raise InputError(f"{recipe_path}: the base has Python {exact}; the recipe pins {python}")
+    return found[minor]

@@ -44,6 +44,7 @@ class ImageResult:
     archive: Path
     tag: str
     architecture: str = "amd64"
+    python: str | None = None  # the base's interpreter; None on scratch
     layers: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -170,7 +171,7 @@ def build_image(
     if base_ref != "scratch":
         say(f"Base {base_ref}")
     base = bases.load(base_ref, store, arch)
-    bases.check_interpreter(base, recipe.environment.python, recipe.path)
+    python = bases.check_interpreter(base, recipe.environment.python, recipe.path)
     if len(base.layers) + len(current.packages) >= MAX_LAYERS:
         raise InputError(f"{recipe.name} locks {len(current.packages)} packages; one layer "
                          f"each would pass the {MAX_LAYERS}-layer limit of some engines")
@@ -222,7 +223,8 @@ def build_image(
             "DOCKER_HOST", "the default socket"))
         load_archive(archive)
     store.put(current.pylock_path.read_bytes())  # so records and provenance can cite it
-    return ImageResult(image.digest, image.config_digest, folder, archive, tag, arch, described)
+    return ImageResult(image.digest, image.config_digest, folder, archive, tag, arch, python,
+                       described)
 
 
 def load_archive(archive: Path) -> list[str]:

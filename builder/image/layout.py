@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import shutil
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import InputError
+from builder.hashing import sha256_digest as _sha256
 from builder.image.tarball import Layer
 from builder.store import atomic_write
 
@@ -24,10 +24,6 @@ INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
 def _json(value: Any) -> bytes:
     """Image JSON as bytes: sorted keys, compact, so the same image has the same digest."""
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)

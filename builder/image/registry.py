@@ -7,7 +7,6 @@ loopback hosts, as Docker does; everything read is checked against its digest.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import urllib.error
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from builder.errors import ReproError
+from builder.hashing import sha256_digest as sha256
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
@@ -53,10 +53,6 @@ class Reference:
     def __str__(self) -> str:
         return f"{self.registry}/{self.repository}" + (f":{self.tag}" if self.tag else "") + (
             f"@{self.digest}" if self.digest else "")
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 class Registry:

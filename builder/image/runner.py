@@ -14,9 +14,8 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from builder import env, lock, proc
-from builder.errors import ToolError
-from builder.image import base as bases
+from builder import env, proc
+from builder.errors import InputError, ToolError
 from builder.image.build import SITE, ImageResult, build_image
 from builder.recipe import Recipe
 from builder.resolve import MachineSources
@@ -46,12 +45,14 @@ class ImageRunner:
         Raises:
             InputError: the base has no Python (a scratch image cannot run the command).
         """
+        if recipe.image.base == "scratch":  # refused before building anything
+            raise InputError(f"{recipe.path}: image.base is scratch: the image has no Python to "
+                             "run the command", hint="pin a base with Python in image.base")
         image = build_image(recipe, store=store, mode=mode, machine=machine, offline=offline,
                             say=say)
+        assert image.python is not None  # noqa: S101  (checked against the base while building)
         current, _ = env.current_lock(recipe, "frozen", machine, offline)
-        base = bases.load(lock.base_ref(recipe, current), store, image.architecture)
-        python = bases.interpreter_path(base, recipe.environment.python, recipe.path)
-        return cls(image, python, {p.name: p.version for p in current.packages},
+        return cls(image, image.python, {p.name: p.version for p in current.packages},
                    current.pylock_digest, store)
 
     @property

@@ -9,7 +9,6 @@ still depend on zlib, so the uncompressed digest (the OCI diff_id) is the identi
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import os
 import stat
@@ -17,6 +16,8 @@ import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from builder.hashing import sha256_digest
 
 
 @dataclass(frozen=True)
@@ -97,5 +98,4 @@ def gzip_bytes(data: bytes) -> bytes:
 def layer(trees: Iterable[tuple[Path, str]], mtime: int = 0) -> Layer:
     raw = tar_tree(trees, mtime)
     blob = gzip_bytes(raw)
-    return Layer("sha256:" + hashlib.sha256(raw).hexdigest(),
-                 "sha256:" + hashlib.sha256(blob).hexdigest(), len(blob), blob)
+    return Layer(sha256_digest(raw), sha256_digest(blob), len(blob), blob)
