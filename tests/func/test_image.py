@@ -103,6 +103,9 @@ def test_bad_image_inputs(project: Path, tmp_path: Path) -> None:
     assert r.code == 2
     assert "exists and is not an OCI image layout" in r.err
     assert (taken / "precious.txt").read_text() == "keep me"
+    scratch = repro("run", "--in", "image", cwd=project)
+    assert scratch.code == 2
+    assert "the image has no Python to run the command" in scratch.err
     recipe = project / "repro.toml"
     recipe.write_text(recipe.read_text() + '\n[image]\nbase = "registry.local/python@sha256:'
                       + "a" * 64 + '"\n')

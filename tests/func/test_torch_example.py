@@ -62,6 +62,14 @@ def test_verify_reproduces_the_committed_baseline_bit_for_bit(tmp_path: Path) ->
     assert r.json["verdict"] == "reproduced"
     assert r.json["standard"] == "bitwise"
     assert r.json["checks"] == [{**r.json["checks"][0], "ok": True, "detail": "identical"}]
+    recipe = copy / "repro.toml"
+    recipe.write_text(recipe.read_text().replace("seed = 1234", "seed = 1235"))
+    drift = repro("verify", "--find-links", MACHINE_WHEELS, "--json", cwd=copy)
+    assert drift.code == 1
+    assert [c["kind"] for c in drift.json["causes"]] == ["seed"]
+    tensors = {t["name"]: t for t in drift.json["checks"][0]["tensors"]["tensors"]}
+    assert tensors["0.weight"]["shape"] == [64, 2]  # the torch state dict, tensor by tensor
+    assert all(t["differ"] > 0 for t in tensors.values())
 
 
 def test_the_torch_image_has_one_digest_across_folders_stores_and_umasks(tmp_path: Path) -> None:

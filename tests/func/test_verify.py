@@ -169,6 +169,10 @@ def test_diff_explains_two_runs_of_different_package_versions(project: Path) -> 
     assert "code" not in groups and "data" not in groups and "params" not in groups
     text = repro("diff", first["record"], second["record"], cwd=project).out
     assert "~ numpy 2.4.6 -> 2.3.5" in text
+    envs = repro("diff", first["env"], second["env"][7:], "--json", cwd=project)
+    assert envs.code == 0, envs.err
+    assert envs.json["a"] == f"env {first['env']}"
+    assert envs.json["differences"]["packages"]["changed"] == {"numpy": ["2.4.6", "2.3.5"]}
     lock_vs_run = repro("diff", project, first["record"], "--json", cwd=project)
     assert lock_vs_run.code == 0, lock_vs_run.err
     assert lock_vs_run.json["a"].startswith("lock ")
@@ -211,3 +215,40 @@ def test_against_a_run_and_an_output_missing_from_the_re_run(project: Path) -> N
     check = r.json["checks"][0]
     assert check["name"] == "model.npz"
     assert check["detail"] == "missing from the re-run"
+
+
+TENSORS = """
+import json, struct, sys
+import numpy as np
+a = np.arange(6, dtype=np.float32).reshape(2, 3)
+b = a.copy(); b[1, 2] += 0.5
+np.save("a.npy", a); np.save("b.npy", b)
+def safetensors(path, tensors):
+    header, body = {}, b""
+    for name, t in tensors.items():
+        raw = t.tobytes()
+        header[name] = {"dtype": "F32", "shape": list(t.shape),
+                        "data_offsets": [len(body), len(body) + len(raw)]}
+        body += raw
+    text = json.dumps(header).encode()
+    open(path, "wb").write(struct.pack("<Q", len(text)) + text + body)
+safetensors("a.safetensors", {"w": a, "bias": a[0]})
+safetensors("b.safetensors", {"w": b, "bias": a[0]})
+"""
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".safetensors"])
+def test_tensordiff_reads_each_format_inside_the_env(project: Path, suffix: str) -> None:
+    from tests.conftest import ROOT
+
+    gen(project, {"make.py": TENSORS})
+    assert repro("exec", "--", "python", "make.py", cwd=project).code == 0
+    r = repro("exec", "--", "env", f"PYTHONPATH={ROOT}", "python", "-m", "builder.tensordiff",
+              f"a{suffix}", f"b{suffix}", cwd=project)
+    assert r.code == 0, r.err
+    result = json.loads(r.out)
+    changed = [t for t in result["tensors"] if not t["equal"]]
+    assert len(changed) == 1
+    assert changed[0]["differ"] == 1
+    assert changed[0]["max_abs"] == 0.5
+    assert changed[0]["max_rel"] == pytest.approx(0.5 / 5.5)
