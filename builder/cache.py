@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.env import read_manifest
-from builder.store import MANIFEST, Store
+from builder.store import Store
 
 
 def _size(path: Path) -> int:
@@ -26,19 +26,16 @@ def _size(path: Path) -> int:
 
 def list_envs(store: Store) -> list[dict[str, Any]]:
     """Every complete environment: id, recipe, Python, packages, size, last use."""
-    if not store.envs.is_dir():
-        return []
     out = []
-    for path in sorted(store.envs.iterdir()):
-        if path.name.startswith(".") or not (path / MANIFEST).is_file():
-            continue
+    for env_id in store.envs.ids():
+        path = store.envs.path(env_id)
         manifest = read_manifest(path)
-        used = dt.datetime.fromtimestamp((path / MANIFEST).stat().st_mtime, dt.UTC)
+        used = dt.datetime.fromtimestamp(store.envs.last_used(env_id), dt.UTC)
         out.append({
-            "env": manifest["env"],
-            "recipe": manifest["recipe"],
-            "python": manifest["python"],
-            "packages": len(manifest["packages"]),
+            "env": manifest.env,
+            "recipe": manifest.recipe,
+            "python": manifest.python,
+            "packages": len(manifest.packages),
             "path": str(path),
             "size": _size(path),
             "last_used": used.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -56,18 +53,18 @@ def gc(store: Store, *, older_than_days: float, dry_run: bool = False) -> dict[s
     cutoff = time.time() - older_than_days * 86400
     removed: list[str] = []
     freed = 0
-    for leftover in store.leftovers():
+    for leftover in store.envs.leftovers():
         freed += _size(leftover)
         removed.append(str(leftover))
         if not dry_run:
             shutil.rmtree(leftover, ignore_errors=True)
     for env in list_envs(store):
-        if (Path(env["path"]) / MANIFEST).stat().st_mtime > cutoff:
+        if store.envs.last_used(env["env"]) > cutoff:
             continue
         try:
-            with store.locked(env["env"], timeout=0):
+            with store.envs.locked(env["env"], timeout=0):
                 if not dry_run:
-                    store.remove_env(env["env"])
+                    store.envs.remove(env["env"])
         except Timeout:
             continue
         removed.append(env["path"])

@@ -8,8 +8,9 @@ from typing import Any
 from builder import pylock
 from builder.errors import InputError
 from builder.lock import PYLOCK, REPRO_LOCK, read_lock
-from builder.recipe import RECIPE_FILE, find_recipe, load_recipe
-from builder.store import MANIFEST, Store
+from builder.recipe import RECIPE_FILE, find_recipe
+from builder.schema import load_recipe
+from builder.store import Store
 
 
 def facets(ref: str, store: Store) -> tuple[str, dict[str, Any]]:
@@ -34,31 +35,31 @@ def facets(ref: str, store: Store) -> tuple[str, dict[str, Any]]:
             return f"lock {current.pylock_path.parent}", {
                 "env": current.env_id,
                 "packages": {p.name: p.version for p in current.packages}}
-    env_dir = store.env_path(ref if ref.startswith("blake3:") else f"blake3:{ref}")
-    if (env_dir / MANIFEST).is_file():
+    env_id = ref if ref.startswith("blake3:") else f"blake3:{ref}"
+    if store.envs.ready(env_id):
         from builder.env import read_manifest  # noqa: PLC0415
 
-        m = read_manifest(env_dir)
-        return f"env {m['env']}", {"env": m["env"], "python": m["python"],
-                                   "packages": m["packages"]}
-    digest = store.find_record(ref)
+        m = read_manifest(store.envs.path(env_id))
+        return f"env {m.env}", {"env": m.env, "python": m.python, "packages": m.packages}
+    digest = store.records.find(ref)
     if digest is None:
         raise InputError(f"{ref} is not a run, an env id, or a lock",
                          hint="give run keys or record digests (`repro runs`), env ids "
                               "(`repro cache ls`), or lock folders / recipes")
-    r = store.record(digest)
-    return f"run {r['run_key']}", {
-        "env": r["env"],
-        "python": r["software"]["python"],
-        "packages": r["software"]["packages"],
-        "code": r["code"],
-        "data": {k: v["digest"] for k, v in r["data"].items()},
-        "params": r["params"],
-        "seed": r["seed"],
-        "hardware": r["hardware_class"] or {"arch": r["hardware"]["arch"],
-                                            "cpu": r["hardware"]["cpu"]["model"]},
-        "outputs": {o["path"]: o["digest"] for o in r["outputs"]},
-        "metrics": r["metrics"],
+    r = store.records.get(digest)
+    return f"run {r.run_key}", {
+        "env": r.env,
+        "python": r.software.python,
+        "packages": r.software.packages,
+        "code": {"digest": r.code.digest, "files": r.code.files, "commit": r.code.commit,
+                 "dirty": r.code.dirty},
+        "data": {k: v.digest for k, v in r.data.items()},
+        "params": r.params,
+        "seed": r.seed,
+        "hardware": r.hardware_class or {"arch": r.hardware["arch"],
+                                         "cpu": r.hardware["cpu"]["model"]},
+        "outputs": {o.path: o.digest for o in r.outputs},
+        "metrics": r.metrics,
     }
 
 

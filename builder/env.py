@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from builder import __version__, hashing, lock, proc, pylock
+from builder import __version__, lock, proc, pylock
 from builder.errors import BuildError, InputError, ToolError
-from builder.recipe import Recipe
-from builder.resolve import NO_MACHINE_SOURCES, MachineSources, source_args
-from builder.store import MANIFEST, Store, atomic_write
+from builder.records import EnvManifest
+from builder.resolve import source_args
+from builder.store import MANIFEST, atomic_write
 
-MODES = ("auto", "locked", "frozen")
+if TYPE_CHECKING:
+    from builder.project import Project
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,43 +39,8 @@ class BuildResult:
                 "seconds": round(self.seconds, 3)}
 
 
-def noop(_: str) -> None:
-    pass
-
-
-def current_lock(
-    recipe: Recipe, mode: str, machine: MachineSources, offline: bool,
-    say: Callable[[str], None] = noop,
-) -> tuple[lock.Lock, bool]:
-    """The lock to build from, re-locking a stale one in `auto` mode: (lock, relocked).
-
-    Raises:
-        CheckFailed: `locked` mode and the lock is stale, or the lock was tampered with.
-    """
-    if mode == "frozen":
-        return lock.read_lock(recipe), False
-    if mode == "locked":
-        return lock.check(recipe), False
-    current, stale, tampered = lock.inspect(recipe)
-    if tampered:
-        lock.check(recipe)  # raises with the reasons
-    if stale or current is None:
-        say(f"Locking {recipe.name}: " + "; ".join(stale))
-        lock.write_lock(recipe, machine=machine, offline=offline)
-        return lock.read_lock(recipe), True
-    return current, False
-
-
-def build(
-    recipe: Recipe,
-    *,
-    store: Store,
-    mode: str = "auto",
-    machine: MachineSources = NO_MACHINE_SOURCES,
-    offline: bool = False,
-    say: Callable[[str], None] = noop,
-) -> BuildResult:
-    """Materialise the recipe's lock as a virtualenv under `envs/<env id>`.
+def build(project: Project) -> BuildResult:
+    """Materialise the project's lock as a virtualenv under `envs/<env id>`.
 
     A second build of the same env id is a lookup. A build that fails or is interrupted
     leaves nothing under the final name.
@@ -83,26 +51,27 @@ def build(
         BuildError: the installer failed (hash mismatch, wheel missing offline, …).
     """
     started = time.perf_counter()
-    current, relocked = current_lock(recipe, mode, machine, offline, say)
+    current = project.lock
+    envs = project.store.envs
     env_id = current.env_id
-    if store.env_ready(env_id):
-        store.touch(env_id)
-        return _result(store, env_id, cached=True, relocked=relocked, started=started)
-    with store.locked(env_id):
-        if store.env_ready(env_id):  # another process built it while we waited
-            return _result(store, env_id, cached=True, relocked=relocked, started=started)
-        say(f"Building {recipe.name} env {env_id[7:19]} ({len(current.packages)} packages)")
-        with store.staging(env_id) as staging:
+    if envs.ready(env_id):
+        envs.touch(env_id)
+        return _result(project, cached=True, started=started)
+    with envs.locked(env_id):
+        if envs.ready(env_id):  # another process built it while we waited
+            return _result(project, cached=True, started=started)
+        log.info("Building %s env %s (%d packages)", project.recipe.name, env_id[7:19],
+                 len(current.packages))
+        with envs.staging(env_id) as staging:
             venv = staging / "env"
-            _install(recipe, current, venv, machine, offline)
-            _write_manifest(store, recipe, current, venv)
-            store.publish(venv, env_id)
-    return _result(store, env_id, cached=False, relocked=relocked, started=started)
+            _install(project, venv)
+            _write_manifest(project, venv)
+            envs.publish(venv, env_id)
+    return _result(project, cached=False, started=started)
 
 
-def _install(
-    recipe: Recipe, current: lock.Lock, venv: Path, machine: MachineSources, offline: bool
-) -> None:
+def _install(project: Project, venv: Path) -> None:
+    recipe, current, offline = project.recipe, project.lock, project.offline
     env = proc.clean_env({"UV_PYTHON_DOWNLOADS": "never"})
     python = recipe.environment.python
     try:
@@ -120,7 +89,7 @@ def _install(
     requirements = venv.parent / "requirements.txt"
     requirements.write_text(pylock.requirements_txt(current.packages))
     argv = [proc.uv_bin(), "--no-config", "pip", "sync", "--quiet", "--require-hashes",
-            "--python", str(venv / "bin" / "python"), *source_args(recipe, machine),
+            "--python", str(venv / "bin" / "python"), *source_args(recipe, project.machine),
             str(requirements)]
     if offline:
         argv.append("--offline")
@@ -142,50 +111,50 @@ def _install_hint(stderr: str, offline: bool) -> str:
     return "see the installer's message above"
 
 
-def _write_manifest(store: Store, recipe: Recipe, current: lock.Lock, venv: Path) -> None:
+def _write_manifest(project: Project, venv: Path) -> None:
+    recipe, current = project.recipe, project.lock
     cfg = (venv / "pyvenv.cfg").read_text()
     m = re.search(r"^version_info\s*=\s*(\S+)", cfg, re.MULTILINE)
-    pylock_digest = store.put(current.pylock_path.read_bytes())
-    manifest = {
-        "format": lock.ENV_FORMAT,
-        "env": current.env_id,
-        "recipe": recipe.name,
-        "python": m.group(1) if m else recipe.environment.python,
-        "platform": recipe.environment.platform,
-        "pylock": pylock_digest,
-        "packages": {p.name: p.version for p in current.packages},
-        "builder": __version__,
-    }
-    atomic_write(venv / MANIFEST, hashing.canonical_json(manifest))
+    manifest = EnvManifest(
+        env=current.env_id,
+        recipe=recipe.name,
+        python=m.group(1) if m else recipe.environment.python,
+        platform=recipe.environment.platform,
+        pylock=project.store.blobs.put(current.pylock_path.read_bytes()),
+        packages={p.name: p.version for p in current.packages},
+        builder=__version__,
+    )
+    atomic_write(venv / MANIFEST, manifest.encode())
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((path / MANIFEST).read_bytes())
-    return data
+def read_manifest(path: Path) -> EnvManifest:
+    """The manifest of the environment at `path`.
+
+    Raises:
+        StoreError: it is unreadable.
+    """
+    return EnvManifest.decode((path / MANIFEST).read_bytes(), path / MANIFEST)
 
 
-def _result(store: Store, env_id: str, *, cached: bool, relocked: bool,
-            started: float) -> BuildResult:
-    path = store.env_path(env_id)
+def _result(project: Project, *, cached: bool, started: float) -> BuildResult:
+    env_id = project.lock.env_id
+    path = project.store.envs.path(env_id)
     manifest = read_manifest(path)
-    return BuildResult(env_id, path, cached, manifest["python"], len(manifest["packages"]),
-                       relocked, time.perf_counter() - started)
+    return BuildResult(env_id, path, cached, manifest.python, len(manifest.packages),
+                       project.relocked, time.perf_counter() - started)
 
 
-def exec_in(
-    recipe: Recipe, argv: Sequence[str], *, store: Store, mode: str = "auto",
-    machine: MachineSources = NO_MACHINE_SOURCES, offline: bool = False,
-    say: Callable[[str], None] = noop, capture: bool = False,
-) -> tuple[BuildResult, int]:
-    """Run a command inside the recipe's environment, building it first if needed.
+def exec_in(project: Project, argv: Sequence[str], *,
+            capture: bool = False) -> tuple[BuildResult, int]:
+    """Run a command inside the project's environment, building it first if needed.
 
     Returns the build result and the command's exit status.
     """
     if not argv:
         raise InputError("no command given", hint="write the command after --: "
                                                   "repro exec -- python -c 'import numpy'")
-    built = build(recipe, store=store, mode=mode, machine=machine, offline=offline, say=say)
-    return built, proc.call(argv, env=proc.clean_env(activate(built.path)), cwd=recipe.root,
+    built = build(project)
+    return built, proc.call(argv, env=proc.clean_env(activate(built.path)), cwd=project.root,
                             to_stderr=capture)
 
 
@@ -195,8 +164,9 @@ def activate(venv: Path) -> dict[str, str]:
             "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
-def status(recipe: Recipe, *, store: Store) -> dict[str, Any]:
+def status(project: Project) -> dict[str, Any]:
     """Recipe, lock and environment state at a glance (reads only local files)."""
+    recipe, envs = project.recipe, project.store.envs
     current, stale, tampered = lock.inspect(recipe)
     info: dict[str, Any] = {
         "recipe": {"name": recipe.name, "path": str(recipe.path), "digest": recipe.digest()},
@@ -209,12 +179,12 @@ def status(recipe: Recipe, *, store: Store) -> dict[str, Any]:
     if current is None:
         info["lock"]["state"] = "missing"
         return info
-    ready = store.env_ready(current.env_id)
+    ready = envs.ready(current.env_id)
     info["env"] = {
         "id": current.env_id,
         "built": ready,
-        "path": str(store.env_path(current.env_id)) if ready else None,
+        "path": str(envs.path(current.env_id)) if ready else None,
         "packages": len(current.packages),
-        "python": read_manifest(store.env_path(current.env_id))["python"] if ready else None,
+        "python": read_manifest(envs.path(current.env_id)).python if ready else None,
     }
     return info

@@ -8,7 +8,14 @@
     │   └── ResolutionError         no packages satisfy the dependencies (resolver's words)
     ├── CheckFailed                 exit 1: a check ran and said no (stale lock, tampering)
     ├── ToolError                   exit 3: an external command failed
-    └── BuildError                  exit 3: a build step failed (nothing was stored)
+    ├── BuildError                  exit 3: a build step failed (nothing was stored)
+    ├── RunFailed                   exit 3: the training command failed (its record says how)
+    ├── RegistryError               exit 3: a registry is unreachable, refuses, or serves bad bytes
+    └── StoreError                  exit 3: the store is missing or holds a damaged entry
+
+Anything else that escapes is a bug in repro: `repro` exits 4 (EXIT_BUG), prints one line and
+writes the traceback to a log file. A closed output pipe (`repro runs | head -1`) exits 141,
+as a process killed by SIGPIPE does.
 """
 
 from __future__ import annotations
@@ -16,11 +23,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-EXIT_OK = 0
 EXIT_CHECK = 1
 EXIT_INPUT = 2
 EXIT_TOOL = 3
+EXIT_BUG = 4
 EXIT_INTERRUPTED = 130
+EXIT_PIPE = 141
 
 
 def did_you_mean(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
@@ -131,3 +139,26 @@ class ResolutionError(InputError):
 
 class BuildError(ReproError):
     """A build step failed; nothing was stored under the environment's id."""
+
+
+class RunFailed(ReproError):
+    """The training command failed or did not produce what the recipe declares."""
+
+    def __init__(self, message: str, record: str, *, hint: str = "",
+                 exit_code: int = EXIT_TOOL) -> None:
+        self.record = record
+        self.exit_code = exit_code  # EXIT_INPUT when the recipe declared what cannot be
+        super().__init__(f"{message}\n  the failure is recorded as {record}", hint=hint)
+
+
+class RegistryError(ReproError):
+    """A registry could not be reached, refused us, or served bytes that fail their digest."""
+
+
+class StoreError(ReproError):
+    """The store holds a damaged or missing entry (a record naming a blob that is gone)."""
+
+    def __init__(self, message: str, path: Path | None = None, *, hint: str = "") -> None:
+        self.path = path
+        super().__init__(message, hint=hint or "run `repro cache verify` to check the whole "
+                                               "store; the entry is re-made when next needed")

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from builder import hashing, pylock
 from builder.errors import CheckFailed, InputError, LockfileError
 from builder.pylock import Package
 from builder.recipe import Recipe
-from builder.resolve import NO_MACHINE_SOURCES, MachineSources, resolve
+from builder.resolve import resolve
 from builder.store import atomic_write
+
+if TYPE_CHECKING:
+    from builder.project import Project
 
 LOCK_VERSION = 1
 ENV_FORMAT = "repro.env/v1"
@@ -46,6 +50,7 @@ class LockResult:
     lockfile: Path
     changed: bool
     packages: int
+    lock: Lock
 
     def to_json(self) -> dict[str, Any]:
         return {"recipe": self.recipe, "env": self.env, "lockfile": str(self.lockfile),
@@ -94,13 +99,7 @@ def _locked_base(recipe: Recipe) -> str | None:
 
 
 def write_lock(
-    recipe: Recipe,
-    *,
-    resolver: str = "uv",
-    machine: MachineSources = NO_MACHINE_SOURCES,
-    offline: bool = False,
-    upgrade: bool = False,
-    update_base: bool = False,
+    project: Project, *, resolver: str = "uv", upgrade: bool = False, update_base: bool = False,
 ) -> LockResult:
     """Resolve the recipe and write its lock files, rewriting them only when bytes change.
 
@@ -113,11 +112,12 @@ def write_lock(
         ResolutionError, ToolError: from the resolver.
         RegistryError: the tag could not be resolved.
     """
+    recipe = project.recipe
     base = base_digest(recipe)
     if not recipe.image.pinned:
         recorded = _locked_base(recipe)
         if update_base:
-            from builder.image.registry import resolve_tag  # noqa: PLC0415
+            from builder.registry import resolve_tag  # noqa: PLC0415
 
             base = resolve_tag(recipe.image.base)
         elif recorded is None:
@@ -127,11 +127,12 @@ def write_lock(
                      "to resolve the tag now and record its digest in the lock")
         else:
             base = recorded
-    packages = resolve(recipe, resolver, machine, offline=offline, upgrade=upgrade)
+    packages = resolve(recipe, resolver, project.machine, offline=project.offline,
+                       upgrade=upgrade)
     pylock_text = pylock.dumps(packages, recipe.environment.python, recipe.environment.platform)
     identity = env_id(recipe, packages, base)
-    lock_text = _repro_lock_text(recipe, identity, hashing.digest_bytes(pylock_text.encode()),
-                                 base)
+    pylock_digest = hashing.digest_bytes(pylock_text.encode())
+    lock_text = _repro_lock_text(recipe, identity, pylock_digest, base)
     changed = False
     for name, text in ((PYLOCK, pylock_text), (REPRO_LOCK, lock_text)):
         path = recipe.lock_dir / name
@@ -139,7 +140,9 @@ def write_lock(
         if not path.is_file() or path.read_bytes() != data:
             atomic_write(path, data)
             changed = True
-    return LockResult(recipe.name, identity, recipe.lock_dir / REPRO_LOCK, changed, len(packages))
+    written = Lock(recipe, packages, identity, pylock_digest, tomllib.loads(lock_text))
+    return LockResult(recipe.name, identity, recipe.lock_dir / REPRO_LOCK, changed,
+                      len(packages), written)
 
 
 def _repro_lock_text(recipe: Recipe, identity: str, pylock_digest: str, base: str) -> str:
@@ -189,12 +192,6 @@ def read_lock(recipe: Recipe) -> Lock:
     base = None if recipe.image.pinned else str(data.get("base", ""))
     return Lock(recipe, packages, env_id(recipe, packages, base), hashing.digest_bytes(raw),
                 data)
-
-
-def problems(recipe: Recipe) -> tuple[list[str], list[str]]:
-    """Why a lock does not match its recipe: (stale inputs, signs of tampering)."""
-    _, stale, tampered = inspect(recipe)
-    return stale, tampered
 
 
 def inspect(recipe: Recipe) -> tuple[Lock | None, list[str], list[str]]:
@@ -247,13 +244,21 @@ def check(recipe: Recipe) -> Lock:
         CheckFailed: the lock is missing, stale or tampered with (each reason listed).
     """
     current, stale, tampered = inspect(recipe)
+    if tampered or stale or current is None:
+        refuse(recipe, stale, tampered)
+    return current
+
+
+def refuse(recipe: Recipe, stale: Sequence[str], tampered: Sequence[str]) -> NoReturn:
+    """Raise the failed check for a tampered (first) or stale lock.
+
+    Raises:
+        CheckFailed: always, with each reason listed.
+    """
     if tampered:
         raise CheckFailed(f"{recipe.lock_dir} does not match its own digests",
                           reasons=tampered,
                           hint="restore the lock files from version control, or re-create "
                                "them with `repro lock`")
-    if stale:
-        raise CheckFailed(f"{recipe.lock_dir} is out of date with {recipe.path}",
-                          reasons=stale, hint="run `repro lock` and commit the result")
-    assert current is not None  # noqa: S101  (an unreadable lock is reported as stale)
-    return current
+    raise CheckFailed(f"{recipe.lock_dir} is out of date with {recipe.path}",
+                      reasons=stale, hint="run `repro lock` and commit the result")

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from builder import hashing
-from builder.errors import InputError
+from builder.errors import InputError, StoreError
 from builder.image import index as images
-from builder.recipe import RECIPE_FILE, Recipe, find_recipe, load_recipe
+from builder.project import Project
+from builder.recipe import RECIPE_FILE, Recipe
+from builder.records import RunRecord
 from builder.store import Store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -34,21 +39,33 @@ class Found:
                 "digest": self.digest, "runs": self.runs, "image": self.image}
 
 
-def summary(store: Store, digest: str, record: dict[str, Any] | None = None) -> dict[str, Any]:
+def summary(store: Store, digest: str, record: RunRecord | None = None) -> dict[str, Any]:
     """The part of a record a listing shows, with where each output lies in the store."""
-    r = record or store.record(digest)
+    r = record or store.records.get(digest)
     return {
         "record": digest,
-        "run_key": r["run_key"],
-        "recipe": r["recipe"]["name"],
-        "status": "succeeded" if r["exit_status"] == 0 and "error" not in r else "failed",
-        "seed": r["seed"],
-        "params": r["params"],
-        "started": r["started"],
-        "duration": r["duration"],
-        "metrics": r["metrics"],
-        "outputs": [{**o, "object": str(store.object_path(o["digest"]))} for o in r["outputs"]],
+        "run_key": r.run_key,
+        "recipe": r.recipe.name,
+        "status": "succeeded" if r.succeeded else "failed",
+        "seed": r.seed,
+        "params": r.params,
+        "started": r.started,
+        "duration": r.duration,
+        "metrics": r.metrics,
+        "outputs": [{**o.to_json(), "object": str(store.blobs.path(o.digest))}
+                    for o in r.outputs],
     }
+
+
+def summaries(store: Store, digests: list[str]) -> list[dict[str, Any]]:
+    """Summaries of the records that can be read; each one that cannot is named, not fatal."""
+    rows = []
+    for digest in digests:
+        try:
+            rows.append(summary(store, digest))
+        except StoreError as exc:
+            log.warning("%s", exc.message)
+    return rows
 
 
 def lookup(target: str | None, *, store: Store, recipe_hint: str | None = None) -> Found:
@@ -60,18 +77,17 @@ def lookup(target: str | None, *, store: Store, recipe_hint: str | None = None) 
         InputError: the target is none of these.
     """
     if target is None:
-        return _recipe_lookup(load_recipe(find_recipe(recipe_hint)), store)
+        return _recipe_lookup(Project.open(recipe_hint, store=store, mode="locked"))
     path = Path(target)
     if (path / "oci-layout").is_file() or target.startswith("sha256:"):
         digest, labels = images.labels(path if path.is_dir() else target, store)
         return Found("image", target, digest, [], labels)
     if path.is_dir() or path.name == RECIPE_FILE:
-        return _recipe_lookup(load_recipe(find_recipe(path)), store)
+        return _recipe_lookup(Project.open(path, store=store, mode="locked"))
     if path.is_file():
         digest = hashing.file_digest(path)
-        return Found("file", target, digest,
-                     [summary(store, d) for d in store.records_producing(digest)])
-    record = store.find_record(target)
+        return Found("file", target, digest, summaries(store, store.records.producing(digest)))
+    record = store.records.find(target)
     if record is not None:
         return Found("run", target, record, [summary(store, record)])
     if re.fullmatch(r"(blake3:)?[0-9a-f]{8,64}", target):
@@ -80,63 +96,65 @@ def lookup(target: str | None, *, store: Store, recipe_hint: str | None = None) 
                      hint="give a model file, a repro.toml (or its folder), or a run key")
 
 
-def _recipe_lookup(recipe: Recipe, store: Store) -> Found:
-    from builder.run import plan  # noqa: PLC0415  (plan imports the runner)
+def _recipe_lookup(project: Project) -> Found:
+    from builder.run import plan  # noqa: PLC0415
+    from builder.runner import VenvRunner  # noqa: PLC0415
 
-    p = plan(recipe, store=store, mode="locked")
-    found = store.run_for_key(p.key)
-    return Found("recipe", str(recipe.path), p.key, [summary(store, found)] if found else [])
+    p = plan(project, VenvRunner(project))
+    found = project.store.records.for_key(p.key)
+    return Found("recipe", str(project.recipe.path), p.key,
+                 [summary(project.store, found)] if found else [])
 
 
 def runs_of(recipe: Recipe, *, store: Store) -> list[dict[str, Any]]:
     """Every recorded run of a recipe (failed ones too), oldest first."""
-    rows = [summary(store, d) for d in store.records_of(recipe.name)]
+    rows = summaries(store, store.records.of_recipe(recipe.name))
     return sorted(rows, key=lambda r: r["started"])
 
 
 def show(
     ref: str | None, *, store: Store, recipe_hint: str | None = None
-) -> tuple[str, dict[str, Any]]:
+) -> tuple[str, RunRecord]:
     """A whole record, from a run key or record digest (or the recipe's latest run).
 
     Raises:
         InputError: nothing in the store matches.
     """
     if ref is None:
-        recipe = load_recipe(find_recipe(recipe_hint))
+        recipe = Project.open(recipe_hint, store=store).recipe
         rows = runs_of(recipe, store=store)
         if not rows:
             raise InputError(f"{recipe.name} has no recorded runs", hint="run `repro run` first")
         ref = rows[-1]["record"]
-    digest = store.find_record(ref)
+    digest = store.records.find(ref)
     if digest is None:
         raise InputError(f"no run in {store.root} matches {ref!r}",
                          hint="give a run key or record digest (8+ hex digits); "
                               "`repro runs` lists them")
-    return digest, store.record(digest)
+    return digest, store.records.get(digest)
 
 
-def describe(digest: str, record: dict[str, Any]) -> str:
+def describe(digest: str, record: RunRecord) -> str:
     """A run record for a person: one line per fact."""
-    hw, sw, code = record["hardware"], record["software"], record["code"]
+    hw, sw, code = record.hardware, record.software, record.code
     gpus = "".join(f", {g['name']} (driver {g['driver']})" for g in hw["gpus"])
-    status = f"exit {record['exit_status']}" + (f": {record['error']}" if "error" in record else "")
+    status = f"exit {record.exit_status}" + (f": {record.error}" if record.error else "")
     return "\n".join([
-        f"run      {record['run_key']}",
+        f"run      {record.run_key}",
         f"record   {digest}",
-        f"recipe   {record['recipe']['name']}  {record['recipe']['digest']}"
-        f"  ({record['recipe']['standard']})",
-        f"env      {record['env']}  Python {sw['python']}",
-        f"code     {code['digest']}  commit {code['commit']}{'  (dirty)' if code['dirty'] else ''}",
-        *[f"data     {n}: {d['path']}  {d['digest']}" for n, d in sorted(record["data"].items())],
-        f"command  {' '.join(record['command'])}",
-        f"seed     {record['seed']}   params {json.dumps(record['params'], sort_keys=True)}",
+        f"recipe   {record.recipe.name}  {record.recipe.digest}  ({record.recipe.standard})",
+        f"env      {record.env}  Python {sw.python}"
+        + (f"  in image {sw.image}" if sw.image else ""),
+        f"code     {code.digest}  commit {code.commit}{'  (dirty)' if code.dirty else ''}",
+        *[f"data     {n}: {d.path}  {d.digest}" for n, d in sorted(record.data.items())],
+        f"command  {' '.join(record.command)}",
+        f"seed     {record.seed}   params {json.dumps(record.params, sort_keys=True)}",
         f"hardware {hw['arch']}, {hw['cpu']['model']}, {hw['cpu']['cores']} cores, "
         f"{(hw['memory_bytes'] or 0) / 2**30:.1f} GiB{gpus}",
         f"os       {hw['os']['name'] or hw['os']['system']}, {hw['libc']}",
-        "packages " + ", ".join(f"{k} {v}" for k, v in sorted(sw["packages"].items())),
-        f"time     {record['started']} -> {record['ended']}  ({record['duration']:.2f}s)",
+        "packages " + ", ".join(f"{k} {v}" for k, v in sorted(sw.packages.items())),
+        f"time     {record.started} -> {record.ended}  ({record.duration:.2f}s)",
         f"status   {status}",
-        *[f"metric   {k} = {v}" for k, v in sorted(record["metrics"].items())],
-        *[f"output   {o['path']}  {o['digest']}  {o['size']} bytes" for o in record["outputs"]],
+        *[f"metric   {k} = {v}" for k, v in sorted(record.metrics.items())],
+        *[f"output   {o.path}  {o.digest}  {o.size} bytes" for o in record.outputs],
     ])

@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 
-from builder.errors import ToolError
+from builder.errors import InputError, ToolError
 
-log = logging.getLogger("repro")
+log = logging.getLogger(__name__)
 
 # Variables that change what uv or pip do behind our back; each call states its own.
 _AMBIENT = ("UV_", "PIP_", "VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH", "PYTHONHOME")
@@ -55,8 +55,8 @@ def run(
             text=True,
             check=False,
         )
-    except FileNotFoundError as exc:
-        raise ToolError(args, 127, str(exc), hint=hint or f"install {args[0]}") from exc
+    except OSError as exc:
+        raise _not_started(args, exc, hint or f"install {args[0]}") from exc
     if done.stderr:
         log.debug("%s", done.stderr.rstrip())
     if check and done.returncode != 0:
@@ -75,6 +75,19 @@ def uv_bin() -> str:
     return str(uv.find_uv_bin())
 
 
+def _not_started(argv: Sequence[str], exc: OSError, hint: str) -> InputError | ToolError:
+    """Why a command could not start: a command line too long is the input's fault."""
+    import errno  # noqa: PLC0415
+
+    if exc.errno == errno.E2BIG:
+        size = sum(len(a) + 1 for a in argv)
+        return InputError(f"the command line of {argv[0]} is too long to start ({len(argv)} "
+                          f"arguments, {size} bytes): {exc.strerror}",
+                          hint="pass fewer or shorter arguments: params reach the command "
+                               "without the command line too, in REPRO_PARAMS_FILE")
+    return ToolError(list(argv), 127, str(exc), hint=hint)
+
+
 def call(
     argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | None = None,
     to_stderr: bool = False,
@@ -90,9 +103,8 @@ def call(
             list(argv), env=dict(env), cwd=cwd, check=False,
             stdout=sys.stderr if to_stderr else None,
         ).returncode
-    except (FileNotFoundError, PermissionError) as exc:
-        raise ToolError(list(argv), 127, str(exc),
-                        hint=f"is {argv[0]} installed in the environment?") from exc
+    except OSError as exc:
+        raise _not_started(argv, exc, f"is {argv[0]} installed in the environment?") from exc
 
 
 def tee(
@@ -111,18 +123,18 @@ def tee(
     try:
         child = subprocess.Popen(list(argv), env=dict(env), cwd=cwd, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT)
-    except (FileNotFoundError, PermissionError) as exc:
-        raise ToolError(list(argv), 127, str(exc),
-                        hint=f"is {argv[0]} installed in the environment?") from exc
+    except OSError as exc:
+        raise _not_started(argv, exc, f"is {argv[0]} installed in the environment?") from exc
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
-    try:
-        assert child.stdout is not None  # noqa: S101  (stdout=PIPE above)
-        for raw in child.stdout:
-            line = raw.decode(errors="replace")
-            sys.stderr.write(line)
-            tail.append(line)
-        return child.wait(), "".join(tail)
-    except BaseException:
-        child.kill()
-        child.wait()
-        raise
+    assert child.stdout is not None  # noqa: S101  (stdout=PIPE above)
+    with child.stdout:
+        try:
+            for raw in child.stdout:
+                line = raw.decode(errors="replace")
+                sys.stderr.write(line)
+                tail.append(line)
+            return child.wait(), "".join(tail)
+        except BaseException:
+            child.kill()
+            child.wait()
+            raise

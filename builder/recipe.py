@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from builder import hashing
-from builder.errors import RecipeError, RecipeNotFoundError
+from builder.errors import RecipeNotFoundError
 
 RECIPE_FILE = "repro.toml"
 SCHEMA = 1
@@ -232,42 +231,6 @@ def find_recipe(explicit: str | os.PathLike[str] | None = None, cwd: Path | None
         if (folder / RECIPE_FILE).is_file():
             return folder / RECIPE_FILE
     raise RecipeNotFoundError(start, explicit=False)
-
-
-def load_recipe(path: Path) -> Recipe:
-    """Parse and validate a recipe file.
-
-    Raises:
-        RecipeError: the file is not TOML, or a key is unknown, missing or of the wrong type.
-    """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(path, f"cannot read the recipe: {exc}") from exc
-    return parse_recipe(text, path)
-
-
-def parse_recipe(text: str, path: Path) -> Recipe:
-    """Validate recipe text; `path` names the file in errors and anchors relative paths."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        line = _decode_error_line(str(exc))
-        raise RecipeError(
-            path,
-            f"not valid TOML: {exc}",
-            line=line,
-            source_line=line_text(text, line),
-            hint="fix the TOML syntax at that line (https://toml.io)",
-        ) from exc
-    from builder.schema import Validator  # noqa: PLC0415  (validation imports packaging)
-
-    return Validator(path, text).recipe(data)
-
-
-def _decode_error_line(message: str) -> int | None:
-    m = re.search(r"line (\d+)", message)
-    return int(m.group(1)) if m else None
 
 
 def line_text(text: str, line: int | None) -> str:

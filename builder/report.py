@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+
+from builder.verdicts import Check, OutputCheck, Verification
 
 _BARS = "▁▂▃▄▅▆▇█"
 
@@ -16,57 +18,57 @@ def sparkline(values: list[float]) -> str:
     return "".join(_BARS[min(7, int((v - low) / span * 7 + 0.5))] for v in values)
 
 
-def _check_line(c: dict[str, Any]) -> str:
-    mark = "ok" if c["ok"] else "DRIFT"
-    if c["kind"] == "output":
-        line = f"{mark:<6} output {c['name']} (seed {c['seed']}): {c['detail']}"
-        for t in (c.get("tensors") or {}).get("tensors", []):
+def _check_line(c: Check) -> str:
+    mark = "ok" if c.ok else "DRIFT"
+    if isinstance(c, OutputCheck):
+        line = f"{mark:<6} output {c.name} (seed {c.seed}): {c.detail}"
+        for t in (c.tensors or {}).get("tensors", []):
             if not t.get("equal", False):
                 line += (f"\n         {t['name']}: {t.get('differ', '?')} of "
                          f"{t.get('elements', '?')} elements differ, max abs "
                          f"{t.get('max_abs', '?'):.3g}, max rel {t.get('max_rel', '?'):.3g}"
                          if "max_abs" in t else f"\n         {t['name']}: {t}")
         return line
-    return (f"{mark:<6} metric {c['name']}: mean {c['mean']:.6g} vs baseline "
-            f"{c['baseline_mean']:.6g} (n={c['n']} vs {c['n_baseline']}; spread "
-            f"{c['spread']:.3g} vs {c['baseline_spread']:.3g}); |difference| "
-            f"{c['difference']:.3g} <= {c['threshold']:.3g}? {'yes' if c['ok'] else 'no'}")
+    return (f"{mark:<6} metric {c.name}: mean {c.mean:.6g} vs baseline "
+            f"{c.baseline_mean:.6g} (n={c.n} vs {c.n_baseline}; spread "
+            f"{c.spread:.3g} vs {c.baseline_spread:.3g}); |difference| "
+            f"{c.difference:.3g} <= {c.threshold:.3g}? {'yes' if c.ok else 'no'}")
 
 
-def _inputs_only(report: dict[str, Any]) -> str:
-    if report["causes"] and all(c["ok"] for c in report["checks"]):
+def _inputs_only(report: Verification) -> str:
+    if report.causes and all(c.ok for c in report.checks):
         return ("the results still match the baseline, but the recipe's inputs changed; if "
                 "the change is intended, record it with `repro baseline set`")
     return ""
 
 
-def text(report: dict[str, Any]) -> str:
-    lines = [f"{report['verdict']}: {report['recipe']} ({report['standard']}) against "
-             f"{report['baseline']}"]
-    lines += [f"cause  {c['kind']}: {c['detail']}" for c in report["causes"]]
-    lines += [_check_line(c) for c in report["checks"]]
+def text(report: Verification) -> str:
+    lines = [f"{report.verdict}: {report.recipe} ({report.standard}) against "
+             f"{report.baseline}"]
+    lines += [f"cause  {c.kind}: {c.detail}" for c in report.causes]
+    lines += [_check_line(c) for c in report.checks]
     if _inputs_only(report):
         lines.append(_inputs_only(report))
     lines += [f"declared nondeterminism: {n['source']} ({n['reason']})"
-              for n in report["nondeterminism"]]
-    lines.append(f"time to reproduce {report['duration']:.2f}s (baseline "
-                 f"{report['baseline_duration']:.2f}s)")
+              for n in report.nondeterminism]
+    lines.append(f"time to reproduce {report.duration:.2f}s (baseline "
+                 f"{report.baseline_duration:.2f}s)")
     return "\n".join(lines)
 
 
-def markdown(report: dict[str, Any], history: list[dict[str, Any]]) -> str:
+def markdown(report: Verification, history: Sequence[Verification]) -> str:
     """A report a reviewer reads in a pull request."""
-    icon = "✅" if report["verdict"] == "reproduced" else "❌"
-    out = [f"# {icon} `{report['recipe']}`: **{report['verdict']}**", "",
-           f"Standard: `{report['standard']}` · baseline: `{report['baseline']}` · "
-           f"verified {report['started']}", ""]
+    icon = "✅" if report.reproduced else "❌"
+    out = [f"# {icon} `{report.recipe}`: **{report.verdict}**", "",
+           f"Standard: `{report.standard}` · baseline: `{report.baseline}` · "
+           f"verified {report.started}", ""]
     out += ["## What changed", ""]
-    if report["causes"]:
+    if report.causes:
         out += ["| identity | change |", "|---|---|"]
-        out += [f"| {c['kind']} | {c['detail']} |" for c in report["causes"]]
+        out += [f"| {c.kind} | {c.detail} |" for c in report.causes]
     else:
         out.append("No identity changed: same environment, code, data, params and seed.")
-    out += ["", "## Comparison", "", "```", *(_check_line(c) for c in report["checks"]), "```",
+    out += ["", "## Comparison", "", "```", *(_check_line(c) for c in report.checks), "```",
             ""]
     if _inputs_only(report):
         out += [f"Note: {_inputs_only(report)}.", ""]
@@ -75,14 +77,14 @@ def markdown(report: dict[str, Any], history: list[dict[str, Any]]) -> str:
             + (f" (metric `{n['metric']}`)" if n["metric"] else "")
             + (f", abs ≤ {n['abs']}" if n["abs"] is not None else "")
             + (f", rel ≤ {n['rel']}" if n["rel"] is not None else "")
-            for n in report["nondeterminism"]] or ["None declared."]
+            for n in report.nondeterminism] or ["None declared."]
     out += ["", "## Time to reproduce", "",
-            f"{report['duration']:.2f}s, baseline {report['baseline_duration']:.2f}s", ""]
+            f"{report.duration:.2f}s, baseline {report.baseline_duration:.2f}s", ""]
     if history:
-        durations = [h["duration"] for h in history]
+        durations = [h.duration for h in history]
         out += [f"History ({len(history)} verifications, oldest first): "
                 f"`{sparkline(durations)}`", "",
                 "| when | verdict | seconds |", "|---|---|---|"]
-        out += [f"| {h['started']} | {h['verdict']} | {h['duration']:.2f} |"
+        out += [f"| {h.started} | {h.verdict} | {h.duration:.2f} |"
                 for h in history[-10:]]
     return "\n".join(out) + "\n"

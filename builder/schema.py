@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -349,10 +350,12 @@ class Validator:
         out = []
         for name, item in sorted(value.items()):
             k = f"data.{name}"
+            self.variable_name(k, name)  # becomes REPRO_DATA_<NAME>
             if not isinstance(item, dict):
                 raise self.error(k, f"`{k}` must be a table, not {_kind(item)}",
                                  hint=f'write {name} = {{ path = "…" }}')
             t = self.table(item, k, ("path", "description"))
+            self.no_nul(f"{k}.path", self.string(t, k, "path"))
             out.append(DataInput(name, self.string(t, k, "path"),
                                  self.string(t, k, "description", "")))
         return tuple(out)
@@ -362,6 +365,8 @@ class Validator:
         t = self.table(value, key, ("command", "seed", "seeds", "params", "outputs", "metrics",
                                     "env", "threads"))
         command = self.strings(t, key, "command", ...)
+        for i, arg in enumerate(command):
+            self.no_nul(f"train.command[{i}]", arg)
         if not command:
             raise self.error("train.command", "`train.command` is empty",
                              hint='write the argv, e.g. ["python", "train.py"]')
@@ -378,6 +383,9 @@ class Validator:
         if not isinstance(params, dict):
             raise self.error("train.params", "`train.params` must be a table")
         for name, v in params.items():
+            self.variable_name(f"train.params.{name}", name)  # becomes REPRO_PARAM_<NAME>
+            if isinstance(v, str):
+                self.no_nul(f"train.params.{name}", v)
             if not isinstance(v, str | int | float | bool):
                 raise self.error(f"train.params.{name}",
                                  f"`train.params.{name}` must be a string, number or boolean, "
@@ -396,9 +404,28 @@ class Validator:
             params=params,
             outputs=outputs,
             metrics=metrics,
-            env=self.string_table(t, key, "env"),
+            env=self.environment_variables(t, key),
             threads=self.integer(t, key, "threads", None, low=1),
         )
+
+    def environment_variables(self, t: dict[str, Any], key: str) -> dict[str, str]:
+        env = self.string_table(t, key, "env")
+        for name, value in env.items():
+            self.variable_name(f"{key}.env.{name}", name)
+            self.no_nul(f"{key}.env.{name}", value)
+        return env
+
+    def variable_name(self, key: str, name: str) -> None:
+        """A name that becomes an environment variable: no `=`, no NUL, not empty."""
+        if not name or "=" in name or "\0" in name:
+            raise self.error(key, f"`{key}`: {name!r} cannot name an environment variable "
+                                  "(it is empty, or holds `=` or a NUL character)",
+                             hint="use letters, digits and underscores")
+
+    def no_nul(self, key: str, value: str) -> None:
+        if "\0" in value:
+            raise self.error(key, f"`{key}` holds a NUL character, which no command line or "
+                                  "environment variable can carry", hint="remove it")
 
     def placeholders(self, train: Train, data: tuple[DataInput, ...]) -> None:
         known = {"seed", *(f"params.{p}" for p in train.params), *(f"data.{d.name}" for d in data)}
@@ -461,3 +488,40 @@ def _kind(value: Any) -> str:
     names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number",
              list: "an array", dict: "a table"}
     return names.get(type(value), type(value).__name__)
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Parse and validate a recipe file.
+
+    Raises:
+        RecipeError: the file is not TOML, or a key is unknown, missing or of the wrong type.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(path, f"cannot read the recipe: {exc}") from exc
+    return parse_recipe(text, path)
+
+
+def parse_recipe(text: str, path: Path) -> Recipe:
+    """Validate recipe text; `path` names the file in errors and anchors relative paths."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = _decode_error_line(str(exc))
+        raise RecipeError(
+            path,
+            f"not valid TOML: {exc}",
+            line=line,
+            source_line=line_text(text, line),
+            hint="fix the TOML syntax at that line (https://toml.io)",
+        ) from exc
+    except RecursionError:
+        raise RecipeError(path, "not valid TOML: nested too deeply to read",
+                          hint="a recipe is a few flat tables; look for a runaway [ or {") from None
+    return Validator(path, text).recipe(data)
+
+
+def _decode_error_line(message: str) -> int | None:
+    m = re.search(r"line (\d+)", message)
+    return int(m.group(1)) if m else None

@@ -1,22 +1,29 @@
-"""The content-addressed store: blobs, environments, locks between processes, garbage collection.
+"""The content-addressed store, handed out as named areas; no caller composes paths under it.
 
-    $REPRO_HOME/
-        objects/<2 hex>/<62 hex>     immutable blobs, named by their BLAKE3 digest
-        envs/<64 hex>/               a complete environment, named by its env id
-        envs/.tmp-*                  a build in progress (or one that was interrupted)
-        locks/<64 hex>.lock          held while an environment is built or removed
-        runs/<64 hex>                the record digest of the last successful run with that key
-        by-output/<64 hex>/<64 hex>  artefact digest → records of the runs that produced it
-        by-recipe/<name>/<64 hex>    recipe name → records of its runs (failed ones too)
-        verifications/<name>/*.json  verification reports, oldest first
-        cache/stat.sqlite            file digests by stat, so unchanged data is not re-read
-        runtime/<64 hex>/builder/    builder.runtime, put on the PYTHONPATH of runs
+    area                 $REPRO_HOME/...
+    store.blobs          objects/<2 hex>/<62 hex>     immutable blobs named by their BLAKE3
+    store.envs           envs/<64 hex>/               complete environments, by env id
+                         envs/.tmp-*                  builds in progress (or interrupted)
+                         locks/<64 hex>.lock          held while an env is built or removed
+    store.records        runs/<64 hex>                run key → record of its last success
+                         by-output/<hex>/<hex>        artefact → records of runs that made it
+                         by-recipe/<name>/<hex>       recipe → records of its runs (failed too)
+    store.verifications  verifications/<name>/*.json  verification reports, oldest first
+    store.layers         layers/<64 hex>/             image layers, named by what they hold
+    store.bases          blobs/sha256/<64 hex>        base-image blobs, named by their sha256
+    store.images         images/by-digest/<hex>.json  what an image repro built is made of
+                         images/<recipe>/             default layout of `build --image`
+    store.stat_cache     cache/stat.sqlite            file digests by stat
+    store.runtime        runtime/<64 hex>/builder/    builder.runtime for runs' PYTHONPATH
+    store.buildah        buildah/                     buildah's storage (`run --in image`)
+    store.scratch()      tmp/                         scratch space of commands in progress
+    store.logs           logs/                        tracebacks of repro's own bugs (exit 4)
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import functools
 import os
 import shutil
 import tempfile
@@ -24,10 +31,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from builder import hashing
-from builder.errors import ReproError
+from builder.errors import StoreError
+
+if TYPE_CHECKING:
+    from builder.records import RunRecord
+    from builder.verdicts import Verification
 
 MANIFEST = "repro-env.json"
 
@@ -81,15 +92,264 @@ def _listing(folder: Path) -> list[str]:
     return [hashing.PREFIX + p.name for p in sorted(folder.iterdir()) if len(p.name) == 64]
 
 
-def _looks_like_record(store: Store, digest: str) -> bool:
-    """A small JSON object with the run schema (artefacts share objects/; skip big ones)."""
-    path = store.object_path(digest)
-    if path.stat().st_size > 1 << 20:
-        return False
-    try:
-        return store.record(digest).get("schema") == "repro.run/v1"
-    except (ValueError, ReproError):
-        return False
+@contextlib.contextmanager
+def _file_lock(path: Path, timeout: float) -> Iterator[None]:
+    from filelock import FileLock  # noqa: PLC0415
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path, timeout=timeout):
+        yield
+
+
+class Blobs:
+    """Immutable blobs named by the BLAKE3 digest of their bytes."""
+
+    __slots__ = ("root",)
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, digest: str) -> Path:
+        h = _hex(digest)
+        return self.root / h[:2] / h[2:]
+
+    def has(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def put(self, data: bytes) -> str:
+        """Store bytes under their digest; storing the same bytes twice is a no-op."""
+        digest = hashing.digest_bytes(data)
+        path = self.path(digest)
+        if not path.exists():
+            atomic_write(path, data)
+        return digest
+
+    def put_file(self, source: Path, digest: str) -> Path:
+        """Store a file's bytes under their (already computed) digest; returns the blob."""
+        target = self.path(digest)
+        if not target.exists():
+            with replacing(target, 0o444) as tmp:
+                shutil.copyfile(source, tmp)
+        return target
+
+    def get(self, digest: str) -> bytes:
+        """A blob, checked against its digest.
+
+        Raises:
+            StoreError: the blob is missing or its bytes no longer match its name.
+        """
+        path = self.path(digest)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"the store has no blob {digest} (expected at {path})",
+                             path) from None
+        if hashing.digest_bytes(data) != digest:
+            raise StoreError(f"store blob {path} is corrupt (its digest changed)", path)
+        return data
+
+    def matching(self, prefix: str) -> list[str]:
+        """Digests of blobs whose hex starts with `prefix` (2+ hex characters)."""
+        folder = self.root / prefix[:2]
+        if not folder.is_dir():
+            return []
+        return [hashing.PREFIX + prefix[:2] + p.name for p in folder.iterdir()
+                if p.name.startswith(prefix[2:]) and not p.name.startswith(".")]
+
+
+class Envs:
+    """Materialised environments: `<env id>/`, staged beside and published by one rename."""
+
+    __slots__ = ("locks", "root")
+
+    def __init__(self, root: Path, locks: Path) -> None:
+        self.root = root
+        self.locks = locks
+
+    def path(self, env_id: str) -> Path:
+        return self.root / _hex(env_id)
+
+    def ready(self, env_id: str) -> bool:
+        """True when the environment was built to the end (its manifest is the last thing in)."""
+        return (self.path(env_id) / MANIFEST).is_file()
+
+    def ids(self) -> list[str]:
+        """Every complete environment's id."""
+        if not self.root.is_dir():
+            return []
+        return [hashing.PREFIX + p.name for p in sorted(self.root.iterdir())
+                if not p.name.startswith(".") and (p / MANIFEST).is_file()]
+
+    def last_used(self, env_id: str) -> float:
+        return (self.path(env_id) / MANIFEST).stat().st_mtime
+
+    def touch(self, env_id: str) -> None:
+        """Mark an environment used now, for `cache gc --older-than`."""
+        with contextlib.suppress(OSError):
+            os.utime(self.path(env_id) / MANIFEST)
+
+    @contextlib.contextmanager
+    def locked(self, env_id: str, *, timeout: float = -1) -> Iterator[None]:
+        """Hold the lock of one environment: concurrent builders of it wait for one another."""
+        with _file_lock(self.locks / f"{_hex(env_id)}.lock", timeout):
+            yield
+
+    @contextlib.contextmanager
+    def staging(self, env_id: str) -> Iterator[Path]:
+        """A temp folder beside `<id>/`, removed unless it was moved into place."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".tmp-{_hex(env_id)[:12]}-"))
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def publish(self, staged: Path, env_id: str) -> Path:
+        """Move a finished staging folder to its final name in one rename."""
+        final = self.path(env_id)
+        os.rename(staged, final)
+        return final
+
+    def remove(self, env_id: str) -> None:
+        """Remove an environment: renamed away first, so it never looks half there."""
+        trash = self.root / f".trash-{_hex(env_id)[:12]}-{os.getpid()}"
+        os.rename(self.path(env_id), trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def leftovers(self, min_age: float = 3600) -> list[Path]:
+        """Staging folders of builds that died without cleaning up, older than `min_age` s."""
+        if not self.root.is_dir():
+            return []
+        now = time.time()
+        return [p for p in self.root.iterdir()
+                if p.name.startswith((".tmp-", ".trash-")) and now - p.stat().st_mtime > min_age]
+
+
+class Records:
+    """Run records (as blobs) and their indexes: by run key, by recipe, by output digest."""
+
+    __slots__ = ("blobs", "root")
+
+    def __init__(self, root: Path, blobs: Blobs) -> None:
+        self.root = root
+        self.blobs = blobs
+
+    def add(self, record: RunRecord) -> str:
+        """Store a record and index it; only a success answers its run key."""
+        digest = self.blobs.put(record.encode())
+        h = _hex(digest)
+        _touch(self.root / "by-recipe" / record.recipe.name / h)
+        if record.succeeded:
+            for out in record.outputs:
+                _touch(self.root / "by-output" / _hex(out.digest) / h)
+            atomic_write(self.root / "runs" / _hex(record.run_key), digest.encode())
+        return digest
+
+    def get(self, digest: str) -> RunRecord:
+        """A record, checked against its digest.
+
+        Raises:
+            StoreError: it is missing, damaged, or not a run record.
+        """
+        from builder.records import RunRecord  # noqa: PLC0415
+
+        return RunRecord.decode(self.blobs.get(digest), self.blobs.path(digest))
+
+    def for_key(self, run_key: str) -> str | None:
+        path = self.root / "runs" / _hex(run_key)
+        return path.read_text().strip() if path.is_file() else None
+
+    def of_recipe(self, recipe_name: str) -> list[str]:
+        return _listing(self.root / "by-recipe" / recipe_name)
+
+    def producing(self, artefact: str) -> list[str]:
+        return _listing(self.root / "by-output" / _hex(artefact))
+
+    def find(self, ref: str) -> str | None:
+        """A record digest from a run key or record digest, whole or a prefix (8+ hex)."""
+        h = _hex(ref.strip()).lower()
+        if len(h) < 8 or not all(c in "0123456789abcdef" for c in h):
+            return None
+        keys = self.root / "runs"
+        if keys.is_dir():
+            names = [p.name for p in keys.iterdir() if p.name.startswith(h)]
+            if len(names) == 1:
+                return (keys / names[0]).read_text().strip()
+        found = [d for d in self.blobs.matching(h) if self._is_record(d)]
+        return found[0] if len(found) == 1 else None
+
+    def _is_record(self, digest: str) -> bool:
+        """A small JSON object with a run schema (artefacts share the blobs; skip big ones)."""
+        path = self.blobs.path(digest)
+        if path.stat().st_size > 1 << 20:
+            return False
+        from builder.records import is_run_record  # noqa: PLC0415
+
+        return is_run_record(path.read_bytes())
+
+
+class Verifications:
+    """Verification reports per recipe, named so that listing order is time order."""
+
+    __slots__ = ("root",)
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def add(self, report: Verification) -> Path:
+        data = report.encode()
+        stamp = report.started.replace(":", "").replace("-", "")
+        path = (self.root / report.recipe
+                / f"{stamp}-{_hex(hashing.digest_bytes(data))[:12]}.json")
+        atomic_write(path, data)
+        return path
+
+    def of(self, recipe_name: str) -> list[Verification]:
+        from builder.verdicts import Verification  # noqa: PLC0415
+
+        folder = self.root / recipe_name
+        if not folder.is_dir():
+            return []
+        return [Verification.decode(p.read_bytes(), p) for p in sorted(folder.glob("*.json"))]
+
+
+class Layers:
+    """Image layers built from one package each, named by what they hold."""
+
+    __slots__ = ("root",)
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, key: str) -> Path:
+        return self.root / _hex(key)
+
+
+class Bases:
+    """Base-image blobs (manifests, configs, layers) named by their sha256."""
+
+    __slots__ = ("root",)
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, digest: str) -> Path:
+        return self.root / digest.removeprefix("sha256:")
+
+
+class Images:
+    """What the images repro built say about themselves, and where layouts go by default."""
+
+    __slots__ = ("root",)
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def facts(self, digest: str) -> Path:
+        return self.root / "by-digest" / f"{digest.removeprefix('sha256:')}.json"
+
+    def layout(self, recipe_name: str) -> Path:
+        return self.root / recipe_name
 
 
 @dataclass(frozen=True)
@@ -100,150 +360,53 @@ class Store:
     def open(cls, root: Path | None = None) -> Store:
         return cls((root or default_home()).resolve())
 
+    @functools.cached_property
+    def blobs(self) -> Blobs:
+        return Blobs(self.root / "objects")
+
+    @functools.cached_property
+    def envs(self) -> Envs:
+        return Envs(self.root / "envs", self.root / "locks")
+
+    @functools.cached_property
+    def records(self) -> Records:
+        return Records(self.root, self.blobs)
+
+    @functools.cached_property
+    def verifications(self) -> Verifications:
+        return Verifications(self.root / "verifications")
+
+    @functools.cached_property
+    def layers(self) -> Layers:
+        return Layers(self.root / "layers")
+
+    @functools.cached_property
+    def bases(self) -> Bases:
+        return Bases(self.root / "blobs" / "sha256")
+
+    @functools.cached_property
+    def images(self) -> Images:
+        return Images(self.root / "images")
+
     @property
-    def envs(self) -> Path:
-        return self.root / "envs"
+    def stat_cache(self) -> Path:
+        return self.root / "cache" / "stat.sqlite"
 
-    def env_path(self, env_id: str) -> Path:
-        return self.envs / _hex(env_id)
+    @property
+    def runtime(self) -> Path:
+        return self.root / "runtime"
 
-    def env_ready(self, env_id: str) -> bool:
-        """True when the environment was built to the end (its manifest is the last thing in)."""
-        return (self.env_path(env_id) / MANIFEST).is_file()
+    @property
+    def buildah(self) -> Path:
+        return self.root / "buildah"
 
-    def touch(self, env_id: str) -> None:
-        """Mark an environment used now, for `cache gc --older-than`."""
-        with contextlib.suppress(OSError):
-            os.utime(self.env_path(env_id) / MANIFEST)
-
-    @contextlib.contextmanager
-    def locked(self, env_id: str, *, timeout: float = -1) -> Iterator[None]:
-        """Hold the lock of one environment: concurrent builders of it wait for one another."""
-        from filelock import FileLock  # noqa: PLC0415
-
-        (self.root / "locks").mkdir(parents=True, exist_ok=True)
-        with FileLock(self.root / "locks" / f"{_hex(env_id)}.lock", timeout=timeout):
-            yield
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
 
     @contextlib.contextmanager
-    def staging(self, env_id: str) -> Iterator[Path]:
-        """A temp folder beside `envs/<id>`, removed unless it was moved into place."""
-        self.envs.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=self.envs, prefix=f".tmp-{_hex(env_id)[:12]}-"))
-        try:
-            yield tmp
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-    def publish(self, staged: Path, env_id: str) -> Path:
-        """Move a finished staging folder to its final name in one rename."""
-        final = self.env_path(env_id)
-        os.rename(staged, final)
-        return final
-
-    def put(self, data: bytes) -> str:
-        """Store a blob by its digest; storing the same bytes twice is a no-op."""
-        digest = hashing.digest_bytes(data)
-        path = self.object_path(digest)
-        if not path.exists():
-            atomic_write(path, data)
-        return digest
-
-    def object_path(self, digest: str) -> Path:
-        h = _hex(digest)
-        return self.root / "objects" / h[:2] / h[2:]
-
-    def get(self, digest: str) -> bytes:
-        """A blob, checked against its digest.
-
-        Raises:
-            ReproError: the blob is missing or its bytes no longer match its name.
-        """
-        path = self.object_path(digest)
-        data = path.read_bytes()
-        if hashing.digest_bytes(data) != digest:
-            raise ReproError(f"store object {path} is corrupt (its digest changed)",
-                             hint=f"delete {path}; it is re-created the next time it is needed")
-        return data
-
-    def put_file(self, path: Path, digest: str) -> Path:
-        """Store a file's bytes under their (already computed) digest; returns the object."""
-        target = self.object_path(digest)
-        if not target.exists():
-            with replacing(target, 0o444) as tmp:
-                shutil.copyfile(path, tmp)
-        return target
-
-    # -- run records --------------------------------------------------------------------
-    def add_record(self, record: dict[str, Any], *, succeeded: bool) -> str:
-        """Store a run record and index it; only a success answers its run key."""
-        digest = self.put(hashing.canonical_json(record))
-        h = _hex(digest)
-        _touch(self.root / "by-recipe" / record["recipe"]["name"] / h)
-        if succeeded:
-            for out in record["outputs"]:
-                _touch(self.root / "by-output" / _hex(out["digest"]) / h)
-            atomic_write(self.root / "runs" / _hex(record["run_key"]), digest.encode())
-        return digest
-
-    def record(self, digest: str) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.get(digest))
-        return data
-
-    def run_for_key(self, run_key: str) -> str | None:
-        path = self.root / "runs" / _hex(run_key)
-        return path.read_text().strip() if path.is_file() else None
-
-    def records_of(self, recipe_name: str) -> list[str]:
-        return _listing(self.root / "by-recipe" / recipe_name)
-
-    def records_producing(self, artefact: str) -> list[str]:
-        return _listing(self.root / "by-output" / _hex(artefact))
-
-    def find_record(self, ref: str) -> str | None:
-        """A record digest from a run key or record digest, whole or a prefix (8+ hex)."""
-        h = _hex(ref.strip()).lower()
-        if len(h) < 8 or not all(c in "0123456789abcdef" for c in h):
-            return None
-        for folder, is_key in ((self.root / "runs", True), (self.root / "objects" / h[:2], False)):
-            if not folder.is_dir():
-                continue
-            rest = h if is_key else h[2:]
-            names = [p.name for p in folder.iterdir() if p.name.startswith(rest)]
-            if len(names) == 1:
-                if is_key:
-                    return (folder / names[0]).read_text().strip()
-                digest = hashing.PREFIX + h[:2] + names[0]
-                if _looks_like_record(self, digest):
-                    return digest
-        return None
-
-    def add_verification(self, recipe_name: str, report: dict[str, Any]) -> Path:
-        """Keep a verification report, named so that listing order is time order."""
-        data = hashing.canonical_json(report)
-        stamp = report["started"].replace(":", "").replace("-", "")
-        path = (self.root / "verifications" / recipe_name
-                / f"{stamp}-{_hex(hashing.digest_bytes(data))[:12]}.json")
-        atomic_write(path, data)
-        return path
-
-    def verifications_of(self, recipe_name: str) -> list[dict[str, Any]]:
-        folder = self.root / "verifications" / recipe_name
-        if not folder.is_dir():
-            return []
-        return [json.loads(p.read_bytes()) for p in sorted(folder.glob("*.json"))]
-
-    def remove_env(self, env_id: str) -> None:
-        """Remove an environment: renamed away first, so it never looks half there."""
-        path = self.env_path(env_id)
-        trash = self.envs / f".trash-{_hex(env_id)[:12]}-{os.getpid()}"
-        os.rename(path, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-
-    def leftovers(self, min_age: float = 3600) -> list[Path]:
-        """Staging folders of builds that died without cleaning up, older than `min_age` s."""
-        if not self.envs.is_dir():
-            return []
-        now = time.time()
-        return [p for p in self.envs.iterdir()
-                if p.name.startswith((".tmp-", ".trash-")) and now - p.stat().st_mtime > min_age]
+    def scratch(self) -> Iterator[Path]:
+        """A private temp folder on the store's filesystem, removed afterwards."""
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.root / "tmp") as tmp:
+            yield Path(tmp)

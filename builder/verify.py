@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from builder import baseline as baselines
-from builder import env, proc, run
+from builder import proc, run
 from builder.errors import InputError
+from builder.project import Project
 from builder.recipe import Recipe, Tolerance
-from builder.resolve import NO_MACHINE_SOURCES, MachineSources
-from builder.store import Store
+from builder.records import RunRecord
+from builder.runner import VenvRunner, runtime_dir
+from builder.verdicts import (
+    Baseline,
+    BaselineRun,
+    Cause,
+    Check,
+    MetricCheck,
+    OutputCheck,
+    Verification,
+    VerifiedRun,
+)
 
+log = logging.getLogger(__name__)
 MEAN_TEST = ("mean within tolerance: |mean(re-run) - mean(baseline)| <= "
              "abs + rel*|mean(baseline)| (+ declared nondeterminism)")
 TENSOR_FORMATS = (".npy", ".npz", ".safetensors", ".pt", ".pth", ".ckpt")
@@ -36,42 +49,45 @@ def _package_changes(old: dict[str, str], new: dict[str, str]) -> list[str]:
     return out
 
 
-def causes(base: dict[str, Any], record: dict[str, Any], standard: str) -> list[dict[str, str]]:
+def causes(base: Baseline, runs: Sequence[BaselineRun], record: RunRecord,
+           standard: str) -> list[Cause]:
     """Which identities of the re-run differ from the baseline's: env, code, data, params,
-    seed (bitwise and functional), hardware (bitwise)."""
+    seed (bitwise and functional), hardware (bitwise: no baseline run of this class)."""
     found = []
-    if record["env"] != base["env"]:
-        changes = _package_changes(base["packages"], record["software"]["packages"])
-        found.append({"kind": "env", "detail": "packages: " + ", ".join(changes) if changes
-                      else f"env id {base['env'][:19]}… → {record['env'][:19]}…"})
-    if record["code"]["digest"] != base["code"]:
-        found.append({"kind": "code", "detail": f"code digest {base['code'][:19]}… → "
-                      f"{record['code']['digest'][:19]}… (commit {record['code']['commit']}"
-                      f"{', dirty' if record['code']['dirty'] else ''})"})
-    data = {k: v["digest"] for k, v in record["data"].items()}
-    for name in sorted(set(data) | set(base["data"])):
-        if data.get(name) != base["data"].get(name):
-            found.append({"kind": "data", "detail": f"data.{name} changed"})
-    if record["params"] != base["params"]:
-        moved = sorted(k for k in set(record["params"]) | set(base["params"])
-                       if record["params"].get(k) != base["params"].get(k))
-        found.append({"kind": "params", "detail": ", ".join(
-            f"{k}: {base['params'].get(k)!r} → {record['params'].get(k)!r}" for k in moved)})
-    base_seeds = [r["seed"] for r in base["runs"]]
-    if standard != "statistical" and record["seed"] not in base_seeds:
-        found.append({"kind": "seed", "detail": f"seed {base_seeds[0]} → {record['seed']}"})
-    if standard == "bitwise" and record["hardware_class"] != base["hardware_class"]:
-        found.append({"kind": "hardware", "detail": f"{base['hardware_class']} → "
-                                                    f"{record['hardware_class']}"})
+    if record.env != base.env:
+        changes = _package_changes(base.packages, record.software.packages)
+        found.append(Cause("env", "packages: " + ", ".join(changes) if changes
+                           else f"env id {base.env[:19]}… → {record.env[:19]}…"))
+    if record.code.digest != base.code:
+        found.append(Cause("code", f"code digest {base.code[:19]}… → "
+                                   f"{record.code.digest[:19]}… (commit {record.code.commit}"
+                                   f"{', dirty' if record.code.dirty else ''})"))
+    data = {k: v.digest for k, v in record.data.items()}
+    for name in sorted(set(data) | set(base.data)):
+        if data.get(name) != base.data.get(name):
+            found.append(Cause("data", f"data.{name} changed"))
+    if record.params != base.params:
+        moved = sorted(k for k in set(record.params) | set(base.params)
+                       if record.params.get(k) != base.params.get(k))
+        found.append(Cause("params", ", ".join(
+            f"{k}: {base.params.get(k)!r} → {record.params.get(k)!r}" for k in moved)))
+    base_seeds = [r.seed for r in base.runs]
+    if standard != "statistical" and record.seed not in base_seeds:
+        found.append(Cause("seed", f"seed {base_seeds[0]} → {record.seed}"))
+    if standard == "bitwise" and not any(r.hardware_class == record.hardware_class
+                                         for r in runs):
+        have = "; ".join(str(c) for c in base.classes)
+        found.append(Cause("hardware", f"{have} → {record.hardware_class} (the baseline has no "
+                                       "run made on this hardware class)"))
     return found
 
 
-def _tensor_diff(recipe: Recipe, store: Store, built: env.BuildResult, a: Path,
+def _tensor_diff(project: Project, runner: VenvRunner, a: Path,
                  b: Path) -> dict[str, Any] | None:
     if a.suffix.lower() not in TENSOR_FORMATS or not a.is_file() or not b.is_file():
         return None
-    runtime, _ = run.runtime_dir(store)
-    done = proc.run([str(built.path / "bin" / "python"), "-m", "builder.tensordiff", str(a),
+    runtime, _ = runtime_dir(project.store)
+    done = proc.run([str(runner.python()), "-m", "builder.tensordiff", str(a),
                      str(b), a.suffix], env=proc.clean_env({"PYTHONPATH": str(runtime)}),
                     check=False)
     if done.returncode != 0:
@@ -81,26 +97,25 @@ def _tensor_diff(recipe: Recipe, store: Store, built: env.BuildResult, a: Path,
     return result
 
 
-def _output_checks(recipe: Recipe, store: Store, built: env.BuildResult,
-                   base_run: dict[str, Any], record: dict[str, Any]) -> list[dict[str, Any]]:
-    new = {o["path"]: o for o in record["outputs"]}
+def _output_checks(project: Project, runner: VenvRunner, base_run: BaselineRun,
+                   record: RunRecord) -> list[Check]:
+    recipe = project.recipe
+    new = {o.path: o for o in record.outputs}
     tolerated = [n for n in recipe.reproducibility.nondeterminism if n.metric is None
                  and (n.tolerance.abs is not None or n.tolerance.rel is not None)]
-    checks = []
-    for out in base_run["outputs"]:
-        check: dict[str, Any] = {"kind": "output", "name": out["path"], "seed": record["seed"],
-                                 "baseline": out["digest"]}
-        got = new.get(out["path"])
+    checks: list[Check] = []
+    for out in base_run.outputs:
+        got = new.get(out.path)
         if got is None:
-            checks.append({**check, "ok": False, "detail": "missing from the re-run"})
+            checks.append(OutputCheck(out.path, record.seed, out.digest, False,
+                                      "missing from the re-run"))
             continue
-        check["reproduced"] = got["digest"]
-        if got["digest"] == out["digest"]:
-            checks.append({**check, "ok": True, "detail": "identical"})
+        if got.digest == out.digest:
+            checks.append(OutputCheck(out.path, record.seed, out.digest, True, "identical",
+                                      got.digest))
             continue
-        base_obj = store.object_path(out["digest"])
-        diff = _tensor_diff(recipe, store, built, recipe.root / out["path"], base_obj)
-        check["tensors"] = diff
+        diff = _tensor_diff(project, runner, recipe.root / out.path,
+                            project.store.blobs.path(out.digest))
         ok, detail = False, "bytes differ"
         if diff is None:
             detail += " (not a tensor format, or the baseline's file is not in this store)"
@@ -111,7 +126,8 @@ def _output_checks(recipe: Recipe, store: Store, built: env.BuildResult,
             detail = f"{len(bad)} of {len(diff['tensors'])} tensors differ"
             if bad and all(_tolerated(t, tolerated) for t in bad):
                 ok, detail = True, detail + ", within declared nondeterminism"
-        checks.append({**check, "ok": ok, "detail": detail})
+        checks.append(OutputCheck(out.path, record.seed, out.digest, ok, detail, got.digest,
+                                  diff))
     return checks
 
 
@@ -124,70 +140,83 @@ def _tolerated(tensor: dict[str, Any], declared: Sequence[Any]) -> bool:
                for n in declared)
 
 
-def _metric_checks(recipe: Recipe, base: dict[str, Any], records: list[dict[str, Any]],
-                   key: str = "metrics") -> list[dict[str, Any]]:
+def _metric_checks(recipe: Recipe, base_values: Sequence[dict[str, Any]],
+                   new_values: Sequence[dict[str, Any]]) -> list[Check]:
     repro_ = recipe.reproducibility
-    checks = []
+    checks: list[Check] = []
     for metric, tol in sorted(repro_.tolerance.items()):
         extra = [n.tolerance for n in repro_.nondeterminism if n.metric == metric]
-        for r in records:
-            if metric not in r[key]:
+        for values in new_values:
+            if metric not in values:
                 raise InputError(
                     f"{recipe.path}: reproducibility.tolerance.{metric}: the run does not "
-                    f"produce a metric `{metric}` (it has: {', '.join(sorted(r[key])) or 'none'})",
+                    f"produce a metric `{metric}` (it has: {', '.join(sorted(values)) or 'none'})",
                     hint="fix the metric name, or make the command log it")
-        old = [b[key][metric] for b in base["runs"] if metric in b[key]]
-        new = [r[key][metric] for r in records]
+        old = [b[metric] for b in base_values if metric in b]
+        new = [v[metric] for v in new_values]
         if not old:
             raise InputError(f"the baseline has no metric `{metric}`",
                              hint="set the baseline again from a run that logs it")
         mean_old, mean_new = statistics.fmean(old), statistics.fmean(new)
         bound = _bound(mean_old, tol, extra)
-        checks.append({
-            "kind": "metric", "name": metric,
-            "test": MEAN_TEST,
-            "threshold": bound, "baseline_mean": mean_old, "mean": mean_new,
-            "difference": abs(mean_new - mean_old),
-            "baseline_spread": statistics.stdev(old) if len(old) > 1 else 0.0,
-            "spread": statistics.stdev(new) if len(new) > 1 else 0.0,
-            "n_baseline": len(old), "n": len(new),
-            "ok": abs(mean_new - mean_old) <= bound,
-        })
+        checks.append(MetricCheck(
+            metric, MEAN_TEST, bound, mean_old, mean_new, abs(mean_new - mean_old),
+            statistics.stdev(old) if len(old) > 1 else 0.0,
+            statistics.stdev(new) if len(new) > 1 else 0.0, len(old), len(new),
+            abs(mean_new - mean_old) <= bound))
     return checks
 
 
-def verify(
-    recipe: Recipe, *, store: Store, against: str | None = None, seeds: int | None = None,
-    mode: str = "auto", machine: MachineSources = NO_MACHINE_SOURCES, offline: bool = False,
-    say: Callable[[str], None] = env.noop,
-) -> dict[str, Any]:
+def _baseline(project: Project, against: str | None) -> tuple[Baseline, str]:
+    recipe, records = project.recipe, project.store.records
+    if against is None:
+        base = baselines.load(recipe)
+        if base.key_format != run.KEY_FORMAT:
+            raise InputError(
+                f"baseline format changed: {baselines.path_of(recipe)} was made with run keys "
+                f"{base.key_format}, this repro makes {run.KEY_FORMAT}; regenerate it with "
+                "`repro baseline set`",
+                hint="run `repro run` (and `repro run --seed S` for each seed), then "
+                     "`repro baseline set` and commit the baseline")
+        return base, str(baselines.path_of(recipe).relative_to(recipe.root))
+    found = records.find(against)
+    if found is None:
+        raise InputError(f"no run in {project.store.root} matches {against!r}",
+                         hint="`repro runs` lists the recorded runs")
+    return baselines.from_records(recipe, [(found, records.get(found))]), f"run {found}"
+
+
+def verify(project: Project, runner: VenvRunner, *, against: str | None = None,
+           seeds: int | None = None) -> Verification:
     """Re-run the recipe without the cache and compare it with its baseline (or a run).
 
-    Returns the report; its `verdict` is `reproduced` or `drifted`.
-
     Raises:
-        InputError: no baseline, a baseline of another recipe, a tolerance on a missing metric.
+        InputError: no baseline, a baseline of another recipe or an older run-key format, a
+            tolerance on a missing metric.
         RunFailed: the re-run itself failed.
     """
-    if against is not None:
-        found = store.find_record(against)
-        if found is None:
-            raise InputError(f"no run in {store.root} matches {against!r}",
-                             hint="`repro runs` lists the recorded runs")
-        base = baselines.from_records(recipe, [(found, store.record(found))])
-        source = f"run {found}"
-    else:
-        base = baselines.load(recipe)
-        source = str(baselines.path_of(recipe).relative_to(recipe.root))
+    from dataclasses import replace  # noqa: PLC0415
+
+    from builder import hardware  # noqa: PLC0415
+
+    recipe = project.recipe
+    base, source = _baseline(project, against)
     standard = recipe.reproducibility.standard
-    if standard == "functional" and any("evaluation" not in e for e in base["runs"]):
-        built = env.build(recipe, store=store, mode=mode, machine=machine, offline=offline)
-        for entry in base["runs"]:  # evaluate the baseline's own outputs first
-            run.restore_outputs(recipe, store, entry)
-            entry["evaluation"] = run.evaluate(recipe, store, built, say)
+    klass = hardware.hardware_class(project.hardware) if standard == "bitwise" else None
+    mine = base.for_class(klass) if standard == "bitwise" else list(base.runs)
+    compared = mine or base.for_class(base.classes[0])
+    if standard == "functional" and any(r.evaluation is None for r in compared):
+        evaluated = []
+        for entry in compared:  # evaluate the baseline's own outputs first
+            if entry.evaluation is None:
+                run.restore_outputs(project, entry.outputs)
+                evaluated.append(replace(entry, evaluation=run.evaluate(project, runner)))
+            else:
+                evaluated.append(entry)
+        compared = evaluated
     train_seeds = list(run.train_of(recipe).seeds)
     if standard == "statistical":
-        count = seeds or len(base["runs"])
+        count = seeds or len(compared)
         # the recipe's seeds first, then the next integers: K seeds, always the same K
         to_run = (train_seeds + list(range(max(train_seeds) + 1,
                                            max(train_seeds) + 1 + count)))[:count]
@@ -196,41 +225,36 @@ def verify(
     started = dt.datetime.now(dt.UTC)
     results = []
     for seed in to_run:
-        say(f"Verifying {recipe.name}: re-running seed {seed} without the cache")
-        results.append(run.run(recipe, store=store, mode=mode, machine=machine, offline=offline,
-                               seed=seed, use_cache=False, say=say))
+        log.info("Verifying %s: re-running seed %d without the cache", recipe.name, seed)
+        results.append(run.run(project, runner, seed=seed, use_cache=False))
     records = [r.record for r in results]
-    built = env.build(recipe, store=store, mode="frozen", machine=machine, offline=offline)
-    found_causes = causes(base, records[0], standard)
-    checks: list[dict[str, Any]] = []
+    found_causes = causes(base, mine, records[0], standard)
+    checks: list[Check] = []
     if standard == "bitwise":
-        by_seed = {b["seed"]: b for b in base["runs"]}
+        by_seed = {b.seed: b for b in compared}
         for r in records:
-            checks += _output_checks(recipe, store, built, by_seed.get(r["seed"], base["runs"][0]),
-                                     r)
+            checks += _output_checks(project, runner, by_seed.get(r.seed, compared[0]), r)
     elif standard == "statistical":
-        checks += _metric_checks(recipe, base, records)
+        checks += _metric_checks(recipe, [b.metrics for b in compared],
+                                 [r.metrics for r in records])
     else:
-        evaluated = [{"evaluation": run.evaluate(recipe, store, built, say)}]  # on the re-run
-        checks += _metric_checks(recipe, base, evaluated, key="evaluation")
-    duration = sum(r["duration"] for r in records)
-    report = {
-        "schema": "repro.verify/v1",
-        "recipe": recipe.name,
-        "standard": standard,
-        "verdict": "reproduced" if not found_causes and all(c["ok"] for c in checks)
-        else "drifted",
-        "baseline": source,
-        "causes": found_causes,
-        "checks": checks,
-        "runs": [{"seed": r["seed"], "run_key": r["run_key"], "record": x.record_digest,
-                  "duration": r["duration"]} for r, x in zip(records, results, strict=True)],
-        "nondeterminism": [{"source": n.source, "reason": n.reason, "metric": n.metric,
-                            "abs": n.tolerance.abs, "rel": n.tolerance.rel}
-                           for n in recipe.reproducibility.nondeterminism],
-        "duration": round(duration, 3),
-        "baseline_duration": round(sum(b["duration"] for b in base["runs"]), 3),
-        "started": started.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-    }
-    store.add_verification(recipe.name, report)
+        evaluation = run.evaluate(project, runner)  # on the re-run's outputs
+        checks += _metric_checks(recipe, [b.evaluation or {} for b in compared], [evaluation])
+    report = Verification(
+        recipe=recipe.name,
+        standard=standard,
+        verdict="reproduced" if not found_causes and all(c.ok for c in checks) else "drifted",
+        baseline=source,
+        causes=tuple(found_causes),
+        checks=tuple(checks),
+        runs=tuple(VerifiedRun(r.seed, r.run_key, x.record_digest, r.duration)
+                   for r, x in zip(records, results, strict=True)),
+        nondeterminism=tuple({"source": n.source, "reason": n.reason, "metric": n.metric,
+                              "abs": n.tolerance.abs, "rel": n.tolerance.rel}
+                             for n in recipe.reproducibility.nondeterminism),
+        duration=round(sum(r.duration for r in records), 3),
+        baseline_duration=round(sum(b.duration for b in compared), 3),
+        started=started.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+    )
+    project.store.verifications.add(report)
     return report

@@ -32,6 +32,29 @@ def gen(root: Path, tree: dict[str, Any]) -> Path:
     return root
 
 
+def committed_baseline_runs(recipe_dir: Path) -> list[Any]:
+    """The committed baseline's runs made on this machine's hardware class; skips the test
+    when there are none.
+
+    A bitwise run key covers the hardware class, and the torch example's weights differ in
+    bytes between AMD EPYC and Intel Xeon: a committed baseline can vouch only for the
+    classes of machine it was made on (`repro baseline set` on another class adds its runs).
+    """
+    from builder import hardware
+    from builder.schema import load_recipe
+    from builder.verdicts import Baseline
+
+    recipe = load_recipe(recipe_dir / "repro.toml")
+    path = recipe.lock_dir / "baseline.json"
+    base = Baseline.decode(path.read_bytes(), path)
+    here = hardware.hardware_class(hardware.facts())
+    runs = base.for_class(here)
+    if not runs:
+        pytest.skip(f"{path.relative_to(ROOT)} has runs made on {base.classes}, none on this "
+                    f"machine's class {here}: run `repro baseline set` on such a machine")
+    return runs
+
+
 @pytest.fixture(scope="session")
 def uv_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One uv cache for the whole run: each wheel is downloaded once, not once a test."""

@@ -8,7 +8,19 @@ from typing import Any
 import click
 
 from builder import errors
-from builder.cli import OUT, _common, _emit, _Group, _mode, _recipe, _sources, _store, cli
+from builder.cli.shell import (
+    OUT,
+    _common,
+    _emit,
+    _Group,
+    _mode,
+    _project,
+    _runner,
+    _sources,
+    _store,
+    cli,
+    echo,
+)
 
 
 @cli.command("run")
@@ -32,17 +44,17 @@ def run_cmd(recipe: str | None, machine: Any, offline: bool, locked: bool, froze
     """
     from builder.run import run  # noqa: PLC0415
 
-    result = run(_recipe(recipe), store=_store(), mode=_mode(locked, frozen), machine=machine,
-                 offline=offline, seed=seed, params=params, use_cache=not no_cache,
-                 in_image=where == "image", say=OUT.say)
+    project = _project(recipe, _mode(locked, frozen), offline=offline, machine=machine)
+    result = run(project, _runner(where, project), seed=seed, params=params,
+                 use_cache=not no_cache)
     r = result.record
-    lines = [f"{'cached' if result.cached else 'trained'}: run key {r['run_key']}",
+    lines = [f"{'cached' if result.cached else 'trained'}: run key {r.run_key}",
              f"  record   {result.record_digest}",
-             f"  seed {r['seed']}, params {json.dumps(r['params'], sort_keys=True)}, "
-             f"{r['duration']:.2f}s" + (" (when it was trained)" if result.cached else "")]
-    lines += [f"  metric   {k} = {v}" for k, v in sorted(r["metrics"].items())]
-    lines += [f"  output   {o['path']}  {o['digest']}  -> {result.objects.get(o['path'])}"
-              for o in r["outputs"]]
+             f"  seed {r.seed}, params {json.dumps(r.params, sort_keys=True)}, "
+             f"{r.duration:.2f}s" + (" (when it was trained)" if result.cached else "")]
+    lines += [f"  metric   {k} = {v}" for k, v in sorted(r.metrics.items())]
+    lines += [f"  output   {o.path}  {o.digest}  -> {result.objects.get(o.path)}"
+              for o in r.outputs]
     _emit(result.to_json(), "\n".join(lines))
 
 
@@ -85,7 +97,7 @@ def runs_cmd(recipe: str | None) -> None:
     """List the recorded runs of the recipe (failed ones too), oldest first."""
     from builder.lookup import runs_of  # noqa: PLC0415
 
-    r = _recipe(recipe)
+    r = _project(recipe).recipe
     rows = runs_of(r, store=_store())
     _emit({"recipe": r.name, "runs": rows},
           "\n".join(_run_lines(rows)) or f"no recorded runs of {r.name}")
@@ -100,7 +112,7 @@ def show_cmd(recipe: str | None, run: str | None) -> None:
 
     digest, record = show(run, store=_store(), recipe_hint=recipe)
     if OUT.json:
-        _emit({"record": digest, **record}, "")
+        _emit({"record": digest, **record.to_json()}, "")
         return
     _emit({}, describe(digest, record))
 
@@ -128,9 +140,9 @@ def export_provenance(recipe: str | None, run: str | None, output: str | None) -
         Path(output).write_text(text + "\n")
         _emit({"record": digest, "output": output}, f"wrote {output}")
     elif OUT.json:
-        click.echo(json.dumps(statement(store, digest, record), sort_keys=True))
+        echo(json.dumps(statement(store, digest, record), sort_keys=True))
     else:
-        click.echo(text)
+        echo(text)
 
 
 @export.command("dockerfile")
@@ -144,7 +156,7 @@ def export_dockerfile(recipe: str | None, output: str | None) -> None:
 
     from builder.image.dockerfile import export as write  # noqa: PLC0415
 
-    dockerfile, requirements = write(_recipe(recipe), _store(),
+    dockerfile, requirements = write(_project(recipe, "locked"),
                                      Path(output).resolve() if output else None)
     _emit({"dockerfile": str(dockerfile), "requirements": str(requirements)},
           f"wrote {dockerfile} and {requirements}")

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from builder import errors
-from builder.cli import OUT, _common, _emit, _Group, _recipe, _sources, _store, cli
+from builder.cli.shell import _common, _emit, _Group, _project, _sources, _store, cli
 
 
 @cli.group("baseline", cls=_Group)
@@ -22,10 +22,12 @@ def baseline_set(recipe: str | None, runs: tuple[str, ...]) -> None:
     """Mark RUNS (default: the latest run of each of the recipe's seeds) as the baseline,
     in lockfiles/<name>/baseline.json."""
     from builder.baseline import set_baseline  # noqa: PLC0415
+    from builder.runner import VenvRunner  # noqa: PLC0415
 
-    path, base = set_baseline(_recipe(recipe), _store(), runs, say=OUT.say)
-    _emit({"baseline": str(path), **base},
-          f"baseline of {base['recipe']}: {len(base['runs'])} run(s) -> {path}")
+    project = _project(recipe, "locked")
+    path, base = set_baseline(project, VenvRunner(project), runs)
+    _emit({"baseline": str(path), **base.to_json()},
+          f"baseline of {base.recipe}: {len(base.runs)} run(s) -> {path}")
 
 
 @cli.command("verify")
@@ -52,14 +54,15 @@ def verify_cmd(recipe: str | None, machine: Any, offline: bool, target: str | No
         recipe = target
     elif target:
         against = against or target
-    r = _recipe(recipe)
-    store = _store()
-    result = verify(r, store=store, against=against, seeds=seeds, machine=machine,
-                    offline=offline, say=OUT.say)
+    from builder.runner import VenvRunner  # noqa: PLC0415
+
+    project = _project(recipe, offline=offline, machine=machine)
+    result = verify(project, VenvRunner(project), against=against, seeds=seeds)
     if report_file:
-        Path(report_file).write_text(report.markdown(result, store.verifications_of(r.name)))
-    _emit(result, report.text(result))
-    if result["verdict"] != "reproduced":
+        Path(report_file).write_text(report.markdown(
+            result, project.store.verifications.of(project.recipe.name)))
+    _emit(result.to_json(), report.text(result))
+    if not result.reproduced:
         raise click.exceptions.Exit(errors.EXIT_CHECK)
 
 
@@ -82,13 +85,13 @@ def history_cmd(recipe: str | None) -> None:
     """Verdicts and times to reproduce of the recipe's verifications, oldest first."""
     from builder.report import sparkline  # noqa: PLC0415
 
-    r = _recipe(recipe)
-    rows = _store().verifications_of(r.name)
-    lines = [f"{h['started']}  {h['verdict']:<10} {h['duration']:8.2f}s  "
-             + "; ".join(f"{c['kind']}: {c['detail']}" for c in h["causes"]) for h in rows]
+    r = _project(recipe).recipe
+    rows = _store().verifications.of(r.name)
+    lines = [f"{h.started}  {h.verdict:<10} {h.duration:8.2f}s  "
+             + "; ".join(f"{c.kind}: {c.detail}" for c in h.causes) for h in rows]
     if rows:
-        lines.append(f"time to reproduce: {sparkline([h['duration'] for h in rows])}")
-    _emit({"recipe": r.name, "verifications": rows},
+        lines.append(f"time to reproduce: {sparkline([h.duration for h in rows])}")
+    _emit({"recipe": r.name, "verifications": [h.to_json() for h in rows]},
           "\n".join(lines) or f"{r.name} has not been verified yet")
 
 

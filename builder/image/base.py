@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder.errors import InputError
+from builder import registry
+from builder.errors import InputError, RegistryError
 from builder.hashing import sha256_digest
-from builder.image import registry
 from builder.image.tarball import Layer
 from builder.store import Store, atomic_write
 
@@ -36,19 +36,15 @@ class Base:
     names: list[str] = field(default_factory=list)  # every path in its layers, read once
 
 
-def _blob_path(store: Store, digest: str) -> Path:
-    return store.root / "blobs" / "sha256" / digest.removeprefix("sha256:")
-
-
 def _cached(store: Store, digest: str, fetch: Callable[[str], bytes]) -> bytes:
-    path = _blob_path(store, digest)
+    path = store.bases.path(digest)
     if path.is_file():
         data = path.read_bytes()
         if sha256_digest(data) == digest:
             return data
     data = fetch(digest)
     if sha256_digest(data) != digest:
-        raise registry.RegistryError(f"blob {digest} does not match its digest")
+        raise RegistryError(f"blob {digest} does not match its digest")
     atomic_write(path, data)
     return data
 
@@ -104,7 +100,7 @@ def load(ref: str, store: Store, arch: str) -> Base:
     for layer in layers:  # one decompression each: checks the diff_id and lists the files
         raw = gzip.decompress(layer.data)
         if sha256_digest(raw) != layer.diff_id:
-            raise registry.RegistryError(f"a base layer does not match its diff_id {layer.diff_id}")
+            raise RegistryError(f"a base layer does not match its diff_id {layer.diff_id}")
         with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
             names += [n.removeprefix("./") for n in tar.getnames()]
     return Base(digest, layers, config, names)

@@ -11,22 +11,24 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder import env, hashing, inputs, lock, proc, pylock
+from builder import hashing, lock, proc, pylock, registry
 from builder.errors import BuildError, InputError, ToolError
 from builder.image import base as bases
 from builder.image import index as images
-from builder.image import layout, registry, tarball
-from builder.recipe import Recipe
-from builder.resolve import NO_MACHINE_SOURCES, MachineSources, source_args
-from builder.store import Store, atomic_write
+from builder.image import layout, tarball
+from builder.progress import progress
+from builder.project import Project
+from builder.resolve import source_args
+from builder.store import atomic_write
+
+log = logging.getLogger(__name__)
 
 LAYER_FORMAT = "repro.layer/v2"
 SITE = "opt/repro/site-packages"
@@ -90,26 +92,26 @@ def normalise(target: Path) -> None:
         shutil.rmtree(cache, ignore_errors=True)
 
 
-def _package_layer(recipe: Recipe, store: Store, pkg: pylock.Package,
-                   machine: MachineSources, offline: bool) -> tuple[tarball.Layer, bool]:
+def _package_layer(project: Project, pkg: pylock.Package) -> tuple[tarball.Layer, bool]:
+    recipe, store = project.recipe, project.store
     key = hashing.digest_json({
         "format": LAYER_FORMAT, "package": pkg.identity(), "python": recipe.environment.python,
         "platform": recipe.environment.platform, "prefix": SITE, "mtime": recipe.image.mtime})
-    cached = store.root / "layers" / key.removeprefix(hashing.PREFIX)
+    cached = store.layers.path(key)
     if (cached / "layer.json").is_file():
         meta = json.loads((cached / "layer.json").read_text())
         return tarball.Layer(meta["diff_id"], meta["digest"], meta["size"],
                              (cached / "layer.tar.gz").read_bytes()), True
-    with tempfile.TemporaryDirectory(dir=store.root / "tmp") as tmp:
-        target = Path(tmp) / "site"
-        req = Path(tmp) / "requirements.txt"
+    with store.scratch() as tmp:
+        target = tmp / "site"
+        req = tmp / "requirements.txt"
         req.write_text(pylock.requirements_txt([pkg]))
         argv = [proc.uv_bin(), "--no-config", "pip", "install", "--quiet", "--target",
                 str(target), "--python-version", recipe.environment.python,
                 "--python-platform", recipe.environment.uv_platform, "--no-deps",
                 "--require-hashes", "--no-compile", "--no-build",
-                *source_args(recipe, machine), "-r", str(req)]
-        if offline:
+                *source_args(recipe, project.machine), "-r", str(req)]
+        if project.offline:
             argv.append("--offline")
         try:
             proc.run(argv, env=proc.clean_env({"UV_PYTHON_DOWNLOADS": "never"}))
@@ -126,11 +128,12 @@ def _package_layer(recipe: Recipe, store: Store, pkg: pylock.Package,
     return built, False
 
 
-def _code_layer(recipe: Recipe, code: inputs.CodeState, tmp: Path) -> tarball.Layer:
+def _code_layer(project: Project, tmp: Path) -> tarball.Layer:
     """The code, the recipe and its lock, at the image's workdir."""
+    recipe = project.recipe
     tree = tmp / "work"
     lock_rel = recipe.lock_dir.relative_to(recipe.root)
-    files = [*code.paths, recipe.path.name, str(lock_rel / lock.PYLOCK),
+    files = [*project.code.paths, recipe.path.name, str(lock_rel / lock.PYLOCK),
              str(lock_rel / lock.REPRO_LOCK)]
     for rel in sorted(set(files)):
         dest = tree / rel
@@ -144,10 +147,8 @@ def _code_layer(recipe: Recipe, code: inputs.CodeState, tmp: Path) -> tarball.La
 
 
 def build_image(
-    recipe: Recipe, *, store: Store, mode: str = "auto",
-    machine: MachineSources = NO_MACHINE_SOURCES, offline: bool = False,
-    output: Path | None = None, push: str | None = None, load: bool = False,
-    say: Callable[[str], None] = env.noop,
+    project: Project, *, output: Path | None = None, push: str | None = None,
+    load: bool = False,
 ) -> ImageResult:
     """Build the recipe's image as an OCI layout and a docker-load archive.
 
@@ -160,16 +161,16 @@ def build_image(
         RegistryError: the base's registry cannot be reached or serves other bytes.
         BuildError: a package could not be installed for the target.
     """
+    recipe, store = project.recipe, project.store
     arch = ARCHITECTURES.get(recipe.environment.platform)
     if arch is None:
         raise InputError(f"{recipe.path}: images are Linux images; environment.platform is "
                          f"{recipe.environment.platform}",
                          hint=f"use one of: {', '.join(ARCHITECTURES)}")
-    current, _ = env.current_lock(recipe, mode, machine, offline, say)
-    (store.root / "tmp").mkdir(parents=True, exist_ok=True)
+    current = project.lock
     base_ref = lock.base_ref(recipe, current)
     if base_ref != "scratch":
-        say(f"Base {base_ref}")
+        log.info("Base %s", base_ref)
     base = bases.load(base_ref, store, arch)
     python = bases.check_interpreter(base, recipe.environment.python, recipe.path)
     if len(base.layers) + len(current.packages) >= MAX_LAYERS:
@@ -178,16 +179,18 @@ def build_image(
     layers = list(base.layers)
     described = [{"content": f"base {base.digest}", "diff_id": x.diff_id, "digest": x.digest,
                   "size": x.size, "cached": True} for x in base.layers]
-    for pkg in sorted(current.packages, key=lambda p: p.name):
-        say(f"Layer {pkg.name} {pkg.version}")
-        built, cached = _package_layer(recipe, store, pkg, machine, offline)
-        layers.append(built)
-        described.append({"content": f"{pkg.name} {pkg.version}", "diff_id": built.diff_id,
-                          "digest": built.digest, "size": built.size, "cached": cached})
-    with inputs.stat_cache(store.root / "cache" / "stat.sqlite") as cache:
-        code = inputs.code_state(recipe, cache)
-    with tempfile.TemporaryDirectory(dir=store.root / "tmp") as tmp:
-        top = _code_layer(recipe, code, Path(tmp))
+    with progress("Layers", total=len(current.packages)) as advance:
+        for pkg in sorted(current.packages, key=lambda p: p.name):
+            log.debug("Layer %s %s", pkg.name, pkg.version)
+            built, cached = _package_layer(project, pkg)
+            if not cached:
+                log.info("Layer %s %s", pkg.name, pkg.version)
+            layers.append(built)
+            described.append({"content": f"{pkg.name} {pkg.version}", "diff_id": built.diff_id,
+                              "digest": built.digest, "size": built.size, "cached": cached})
+            advance(1)
+    with store.scratch() as tmp:
+        top = _code_layer(project, tmp)
     layers.append(top)
     described.append({"content": "code, recipe and lock", "diff_id": top.diff_id,
                       "digest": top.digest, "size": top.size, "cached": False})
@@ -210,19 +213,19 @@ def build_image(
         env={**base_env, "PYTHONPATH": f"/{SITE}", "PATH": f"/{SITE}/bin:{path}",
              **recipe.image.env})
     tag = f"{recipe.name}:{current.env_id.removeprefix(hashing.PREFIX)[:12]}"
-    folder = output or store.root / "images" / recipe.name
+    folder = output or store.images.layout(recipe.name)
     layout.write_layout(image, folder, tag)
     archive = folder.with_name(folder.name + ".tar")
     layout.write_archive(image, archive, f"localhost/{tag}")
     images.remember(store, image.digest, labels)
     if push:
-        say(f"Pushing to {push}")
+        log.info("Pushing to %s", push)
         push_image(image, push)
     if load:
-        say("Loading into the Docker-compatible engine at " + os.environ.get(
-            "DOCKER_HOST", "the default socket"))
+        log.info("Loading into the Docker-compatible engine at %s",
+                 os.environ.get("DOCKER_HOST", "the default socket"))
         load_archive(archive)
-    store.put(current.pylock_path.read_bytes())  # so records and provenance can cite it
+    store.blobs.put(current.pylock_path.read_bytes())  # so records and provenance can cite it
     return ImageResult(image.digest, image.config_digest, folder, archive, tag, arch, python,
                        described)
 
@@ -233,8 +236,12 @@ def load_archive(archive: Path) -> list[str]:
     Raises:
         ToolError: no engine answers at DOCKER_HOST (or the default socket), or it refuses.
     """
-    import docker  # noqa: PLC0415  (only --load needs the SDK)
-
+    try:
+        import docker  # noqa: PLC0415  (only --load needs the SDK: an optional extra)
+    except ImportError:
+        raise InputError("--load needs the Docker SDK for Python, which is not installed",
+                         hint="pip install 'repro-builder[docker]' (or pip install docker)"
+                         ) from None
     try:
         client = docker.from_env()
         loaded = client.images.load(archive.read_bytes())

@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from builder import inputs, lock, pylock
+from builder import lock, pylock
 from builder.errors import InputError
 from builder.image.build import SITE
-from builder.recipe import Recipe
-from builder.store import Store, atomic_write
+from builder.project import Project
+from builder.store import atomic_write
 
 
-def export(recipe: Recipe, store: Store, output: Path | None = None) -> tuple[Path, Path]:
+def export(project: Project, output: Path | None = None) -> tuple[Path, Path]:
     """Write the Dockerfile and the hash-pinned requirements it installs.
 
     Returns (Dockerfile, requirements file), both inside the project (the build context).
@@ -26,16 +26,15 @@ def export(recipe: Recipe, store: Store, output: Path | None = None) -> tuple[Pa
     Raises:
         InputError: the base is `scratch` (nothing to run pip with), or the lock is stale.
     """
+    recipe = project.recipe
     if recipe.image.base == "scratch":
         raise InputError(f"{recipe.path}: a Dockerfile needs a base with Python to install "
                          "packages; image.base is scratch",
                          hint='set image.base = "REGISTRY/python@sha256:…" and re-lock')
-    current = lock.check(recipe)
+    current = project.lock  # the CLI opens the project `locked`: a stale lock is refused
     lock_rel = recipe.lock_dir.relative_to(recipe.root)
     requirements = recipe.lock_dir / "requirements.txt"
     atomic_write(requirements, pylock.requirements_txt(current.packages).encode())
-    with inputs.stat_cache(store.root / "cache" / "stat.sqlite") as cache:
-        code = inputs.code_state(recipe, cache)
     python = "python" + ".".join(recipe.environment.python.split(".")[:2])
     sources = []
     for src in recipe.environment.sources:
@@ -44,7 +43,7 @@ def export(recipe: Recipe, store: Store, output: Path | None = None) -> tuple[Pa
            "--only-binary=:all:", "--no-compile", "--target", f"/{SITE}", *sources,
            "-r", "/opt/repro/requirements.txt"]
     work = recipe.image.workdir.rstrip("/")
-    files = sorted({*code.paths, recipe.path.name, f"{lock_rel}/{lock.PYLOCK}",
+    files = sorted({*project.code.paths, recipe.path.name, f"{lock_rel}/{lock.PYLOCK}",
                     f"{lock_rel}/{lock.REPRO_LOCK}"})
     labels = {**recipe.image.labels, "org.opencontainers.image.title": recipe.name,
               "dev.repro.recipe": recipe.name, "dev.repro.recipe-digest": recipe.digest(),

@@ -13,8 +13,7 @@ _PREFIX = "dev.repro."
 def remember(store: Store, digest: str, labels: dict[str, str]) -> None:
     """Index a built image by its manifest digest (`images/by-digest/<hex>.json`)."""
     facts = {k.removeprefix(_PREFIX): v for k, v in labels.items() if k.startswith(_PREFIX)}
-    atomic_write(store.root / "images" / "by-digest" / f"{digest.removeprefix('sha256:')}.json",
-                 json.dumps(facts, sort_keys=True).encode())
+    atomic_write(store.images.facts(digest), json.dumps(facts, sort_keys=True).encode())
 
 
 def labels(target: Path | str, store: Store) -> tuple[str, dict[str, str]]:
@@ -32,5 +31,5 @@ def labels(target: Path | str, store: Store) -> tuple[str, dict[str, str]]:
         found = config.get("config", {}).get("Labels") or {}
         return digest, {k.removeprefix(_PREFIX): v for k, v in found.items()
                         if k.startswith(_PREFIX)}
-    path = store.root / "images" / "by-digest" / f"{target.removeprefix('sha256:')}.json"
+    path = store.images.facts(target)
     return target, json.loads(path.read_text()) if path.is_file() else {}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import MACHINE_WHEELS, ROOT
+from tests.conftest import MACHINE_WHEELS, ROOT, committed_baseline_runs
 from tests.func.helpers import repro
 
 DOC = ROOT / "docs" / "ci.md"
@@ -46,6 +46,8 @@ def test_both_workflows_parse_and_check_locks_on_change_and_verify_on_schedule()
 @pytest.mark.skipif(not Path(MACHINE_WHEELS or "/nonexistent").is_dir(),
                     reason="the torch example needs the machine's torch CPU wheel folder")
 def test_the_workflow_commands_pass_on_this_repository(tmp_path: Path) -> None:
+    committed_baseline_runs(ROOT)  # `repro verify` needs a baseline made on this class
+    committed_baseline_runs(ROOT / "examples" / "torch-mlp")
     checkout = tmp_path / "checkout"
     checkout.mkdir()
     for name in ("repro.toml", "train.py", "data", "lockfiles"):

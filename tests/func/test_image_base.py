@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from builder.image import layout, tarball
-from tests.conftest import MACHINE_WHEELS, ROOT
+from tests.conftest import MACHINE_WHEELS, ROOT, committed_baseline_runs
 from tests.func import bases
 from tests.func.helpers import repro
 
@@ -227,6 +227,9 @@ def test_a_run_inside_the_image_matches_the_venv_run_bit_for_bit(
 def test_the_torch_example_trains_to_the_same_weights_inside_its_image(
     tmp_path: Path, python_base: tuple[Path, str], registry: str,
 ) -> None:
+    # the committed baseline was trained in a venv on the host's Python 3.11.7, on a machine
+    # of this hardware class
+    runs = committed_baseline_runs(ROOT / "examples" / "torch-mlp")
     base_layout, digest = python_base
     bases.push(base_layout, "base:3.11", f"{registry}/python:3.11")
     example = shutil.copytree(ROOT / "examples" / "torch-mlp", tmp_path / "torch-mlp",
@@ -237,10 +240,7 @@ def test_the_torch_example_trains_to_the_same_weights_inside_its_image(
     assert repro("lock", cwd=example, env=machine).code == 0
     in_image = repro("run", "--in", "image", "--json", cwd=example, env=machine)
     assert in_image.code == 0, in_image.err
-    baseline = json.loads((ROOT / "examples/torch-mlp/lockfiles/torch-mlp/baseline.json")
-                          .read_text())
-    # the committed baseline was trained in a venv on the host's Python 3.11.7
-    assert in_image.json["outputs"][0]["digest"] == baseline["runs"][0]["outputs"][0]["digest"]
+    assert in_image.json["outputs"][0]["digest"] == runs[0].outputs[0].digest
 
 
 def test_a_base_by_tag_is_refused_until_update_base_records_its_digest(
@@ -271,3 +271,18 @@ def test_a_base_by_tag_is_refused_until_update_base_records_its_digest(
     moved = repro("lock", "--update-base", "--json", cwd=project)
     assert moved.json["env"] != first.json["env"]
     assert f'base = "{other_digest}"' in (project / "lockfiles/digits-logreg/repro.lock").read_text()
+
+
+def test_a_run_in_the_image_reads_its_lock_once(
+    project: Path, python_base: tuple[Path, str], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from builder import cli
+    from tests.func.test_run import count_lock_reads
+
+    base_layout, digest = python_base
+    with_base(project, f"oci:{base_layout}@{digest}")
+    reads = count_lock_reads(monkeypatch)
+    assert cli.main(["run", "--in", "image", "-r", str(project), "-q"]) == 0, \
+        capsys.readouterr().err
+    assert reads == ["digits-logreg"]  # the image, the key, the run and the record

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -219,3 +220,35 @@ def test_the_default_recipe_is_bitwise_across_folders_stores_and_umasks(
     assert second.json["run_key"] == first["run_key"]
     assert second.json["outputs"][0]["digest"] == first["outputs"][0]["digest"]
     assert (other / "model.npz").read_bytes() == (project / "model.npz").read_bytes()
+
+
+def count_lock_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Wrap the one reader of lock files; the list grows by one per read."""
+    from builder import lock
+
+    reads: list[str] = []
+    real = lock.read_lock
+
+    def counted(recipe: Any) -> Any:
+        reads.append(recipe.name)
+        return real(recipe)
+
+    monkeypatch.setattr(lock, "read_lock", counted)
+    return reads
+
+
+def test_one_run_reads_its_lock_once(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from builder import cli
+
+    reads = count_lock_reads(monkeypatch)
+    assert cli.main(["run", "-r", str(project), "-q", "--json"]) == 0
+    key = json.loads(capsys.readouterr().out)["run_key"]
+    assert reads == ["digits-logreg"]  # a training run: plan, build, record
+    reads.clear()
+    assert cli.main(["run", "-r", str(project), "-q"]) == 0  # answered from the store
+    assert reads == ["digits-logreg"]
+    reads.clear()
+    assert cli.main(["verify", "-r", str(project), "--against", key, "-q"]) == 0
+    assert reads == ["digits-logreg"]  # a re-run and its comparison, one read

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MACHINE_WHEELS, ROOT
+from tests.conftest import MACHINE_WHEELS, ROOT, committed_baseline_runs
 from tests.func.helpers import repro
 
 pytestmark = [
@@ -56,6 +56,7 @@ def test_two_fresh_runs_in_different_places_give_the_same_weights(tmp_path: Path
 
 
 def test_verify_reproduces_the_committed_baseline_bit_for_bit(tmp_path: Path) -> None:
+    committed_baseline_runs(EXAMPLE)
     copy = shutil.copytree(EXAMPLE, tmp_path / "example")
     r = repro("verify", "--find-links", MACHINE_WHEELS, "--json", cwd=copy)
     assert r.code == 0, r.err + r.out

@@ -10,6 +10,7 @@ import pytest
 
 from builder import cli, env
 from builder.errors import BuildError, CheckFailed
+from builder.project import Project
 from builder.resolve import MachineSources
 from builder.store import Store
 from tests.conftest import ROOT
@@ -26,8 +27,9 @@ def test_build_passes_exactly_its_flags_to_the_library(
 ) -> None:
     seen: dict[str, Any] = {}
 
-    def fake_build(recipe: Any, **kwargs: Any) -> env.BuildResult:
-        seen.update(kwargs, recipe=recipe)
+    def fake_build(project: Project) -> env.BuildResult:
+        seen.update(recipe=project.recipe, store=project.store, mode=project.options.mode,
+                    offline=project.options.offline, machine=project.options.machine)
         return env.BuildResult("blake3:" + "0" * 64, Path("/store/envs/0"), True, "3.11.7", 1)
 
     monkeypatch.setattr(env, "build", fake_build)
@@ -83,7 +85,7 @@ def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> No
     code, out, _ = run(capsys, "--help")
     assert code == 0
     for line in ("0    success", "1    a check failed", "2    bad input", "3    an external tool",
-                 "130  interrupted"):
+                 "4    a bug in repro", "130  interrupted"):
         assert line in out
 
 
@@ -92,3 +94,16 @@ def test_exec_without_a_command_says_how(capsys: pytest.CaptureFixture[str]) -> 
     assert code == 2
     assert "no command given" in err
     assert "repro exec -- python" in err
+
+
+def test_load_without_the_docker_extra_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    import sys
+
+    from builder.errors import InputError
+    from builder.image.build import load_archive
+
+    monkeypatch.setitem(sys.modules, "docker", None)  # as if `docker` were not installed
+    with pytest.raises(InputError, match=r"(?s)needs the Docker SDK.*repro-builder\[docker\]"):
+        load_archive(tmp_path / "image.tar")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.recipe import parse_recipe
+from builder.schema import parse_recipe
 from tests.conftest import ROOT
 
 HEAD = '[recipe]\nname = "doc"\nschema = 1\n[environment]\npython = "3.11"\n'

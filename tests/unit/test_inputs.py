@@ -10,7 +10,7 @@ import pytest
 
 from builder import hashing, inputs
 from builder.errors import InputError
-from builder.recipe import parse_recipe
+from builder.schema import parse_recipe
 from tests.conftest import gen
 
 RECIPE = '''[recipe]

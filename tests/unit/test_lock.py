@@ -12,8 +12,9 @@ import pytest
 from builder import lock, pylock
 from builder.errors import CheckFailed, InputError
 from builder.pylock import Artefact, Package
-from builder.recipe import Recipe, parse_recipe
+from builder.recipe import Recipe
 from builder.resolve import MachineSources, _publish, _target_tags, source_args
+from builder.schema import parse_recipe
 from tests.conftest import gen
 
 TEXT = '''[recipe]
@@ -135,7 +136,7 @@ def test_sources_and_training_params_do_not_stale_a_lock(tmp_path: Path) -> None
     write(r, [NUMPY])
     other = recipe(tmp_path, TEXT.replace("wheels.example", "mirror.example")
                    + '[train]\ncommand = ["python", "t.py"]\nparams = { lr = 1 }\n')
-    assert lock.problems(other) == ([], [])
+    assert lock.inspect(other)[1:] == ([], [])
 
 
 def test_check_catches_tampering_and_missing_locks(tmp_path: Path) -> None:

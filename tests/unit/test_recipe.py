@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from builder.errors import RecipeError, RecipeNotFoundError
-from builder.recipe import find_recipe, load_recipe, parse_recipe
-from builder.schema import normalise_simple_requirement
+from builder.recipe import find_recipe
+from builder.schema import load_recipe, normalise_simple_requirement, parse_recipe
 from tests.conftest import ROOT, gen
 
 P = Path("/proj/repro.toml")

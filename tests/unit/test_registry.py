@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from builder.image.registry import Reference, Registry, RegistryError
+from builder.errors import RegistryError
+from builder.registry import Reference, Registry
 
 GOOD = json.dumps({"schemaVersion": 2, "layers": []}).encode()
 GOOD_DIGEST = "sha256:" + hashlib.sha256(GOOD).hexdigest()

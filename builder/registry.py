@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from builder.errors import ReproError
+from builder.errors import RegistryError
 from builder.hashing import sha256_digest as sha256
 
 MANIFEST_TYPES = (
@@ -25,10 +25,6 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.list.v2+json",
 )
 _LOOPBACK = re.compile(r"^(localhost|127(\.\d+){3}|\[::1\])(:\d+)?$")
-
-
-class RegistryError(ReproError):
-    """A registry could not be reached, refused us, or served bytes that fail their digest."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,168 @@
+"""`repro lock | build | exec | status | cache`: locks, environments and the store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from builder.cli.shell import (
+    OUT,
+    _common,
+    _emit,
+    _Group,
+    _mode,
+    _project,
+    _sources,
+    _store,
+    cli,
+    log,
+)
+
+
+@cli.command("lock")
+@_common
+@_sources
+@click.option("--resolver", type=click.Choice(["uv", "pip-tools"]), default="uv",
+              show_default=True, help="The resolver.")
+@click.option("--check", "check_only", is_flag=True,
+              help="Do not resolve: exit 1 if the lock no longer matches the recipe.")
+@click.option("-U", "--upgrade", is_flag=True,
+              help="Ignore the versions in the current lock; take the newest allowed.")
+@click.option("--update-base", is_flag=True,
+              help="Resolve an image.base given by tag now, and record its digest.")
+def lock_cmd(recipe: str | None, machine: Any, offline: bool, resolver: str,
+             check_only: bool, upgrade: bool, update_base: bool) -> None:
+    """Resolve the recipe into lockfiles/<name>/pylock.toml and repro.lock."""
+    from builder import lock  # noqa: PLC0415
+
+    project = _project(recipe, offline=offline, machine=machine)
+    r = project.recipe
+    if check_only:
+        current = lock.check(r)
+        _emit({"recipe": r.name, "env": current.env_id, "changed": False, "fresh": True,
+               "lockfile": str(r.lock_dir / lock.REPRO_LOCK)},
+              f"{r.lock_dir}: up to date (env {current.env_id})")
+        return
+    log.info("Resolving %s with %s for Python %s on %s", r.name, resolver,
+             r.environment.python, r.environment.platform)
+    result = lock.write_lock(project, resolver=resolver, upgrade=upgrade,
+                             update_base=update_base)
+    verb = "Wrote" if result.changed else "Unchanged:"
+    _emit(result.to_json(), f"{verb} {result.lockfile.parent} ({result.packages} packages, "
+                            f"env {result.env})")
+
+
+@cli.command("build")
+@_common
+@_sources
+@click.option("--locked", is_flag=True, help="Fail if the lock is out of date.")
+@click.option("--frozen", is_flag=True, help="Use the lock without checking it.")
+@click.option("--image", is_flag=True, help="Build an OCI image instead of a virtualenv.")
+@click.option("-o", "--output", type=click.Path(file_okay=False), metavar="DIR",
+              help="With --image: the OCI layout folder [default: $REPRO_HOME/images/<name>]; "
+                   "the docker-load archive is DIR.tar.")
+@click.option("--push", metavar="REF", help="With --image: push to REGISTRY/NAME:TAG.")
+@click.option("--load", is_flag=True, help="With --image: load it into Docker (or Podman's "
+                                           "Docker API service) at DOCKER_HOST.")
+def build_cmd(recipe: str | None, machine: Any, offline: bool, locked: bool,
+              frozen: bool, image: bool, output: str | None, push: str | None,
+              load: bool) -> None:
+    """Materialise the lock as a virtualenv in the store (a lookup if it exists), or with
+    --image as a reproducible OCI image (layout and docker-load archive)."""
+    if image:
+        from pathlib import Path  # noqa: PLC0415
+
+        from builder.image.build import build_image  # noqa: PLC0415
+
+        img = build_image(_project(recipe, _mode(locked, frozen), offline=offline,
+                                   machine=machine),
+                          output=Path(output).resolve() if output else None, push=push,
+                          load=load)
+        _emit(img.to_json(), f"{img.digest}  {img.tag}\n  layout  {img.layout}\n"
+                             f"  archive {img.archive}\n  {len(img.layers)} layers, "
+                             f"{img.to_json()['cached_layers']} from the store")
+        return
+    if output or push or load:
+        raise click.UsageError("--output, --push and --load go with --image")
+    from builder.env import build  # noqa: PLC0415
+
+    result = build(_project(recipe, _mode(locked, frozen), offline=offline, machine=machine))
+    state = "cached" if result.cached else f"built in {result.seconds:.1f}s"
+    _emit(result.to_json(), f"{result.path} ({state}, Python {result.python}, "
+                            f"{result.packages} packages)")
+
+
+@cli.command("exec", context_settings={"ignore_unknown_options": True})
+@_common
+@_sources
+@click.option("--locked", is_flag=True, help="Fail if the lock is out of date.")
+@click.option("--frozen", is_flag=True, help="Use the lock without checking it.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def exec_cmd(recipe: str | None, machine: Any, offline: bool, locked: bool, frozen: bool,
+             command: tuple[str, ...]) -> None:
+    """Run COMMAND inside the recipe's environment (built first if needed).
+
+    With --json the command's stdout goes to stderr and one JSON object is printed at the end.
+    """
+    from builder.env import exec_in  # noqa: PLC0415
+
+    built, code = exec_in(_project(recipe, _mode(locked, frozen), offline=offline,
+                                   machine=machine), command, capture=OUT.json)
+    _emit({"env": built.env, "path": str(built.path), "command": list(command),
+           "exit_code": code}, "")
+    raise click.exceptions.Exit(code)
+
+
+@cli.command("status")
+@_common
+def status_cmd(recipe: str | None) -> None:
+    """Show the recipe, its lock and its environment at a glance."""
+    from builder.env import status  # noqa: PLC0415
+
+    info = status(_project(recipe))
+    lock_info, env = info["lock"], info["env"]
+    lines = [f"recipe  {info['recipe']['name']}  {info['recipe']['path']}",
+             f"        digest {info['recipe']['digest']}",
+             f"lock    {lock_info['state']}  {lock_info['path']}"]
+    lines += [f"        - {reason}" for reason in lock_info["reasons"]]
+    if env:
+        lines.append(f"env     {env['id']}")
+        lines.append(f"        {'built: ' + env['path'] if env['built'] else 'not built'}"
+                     f"  ({env['packages']} packages"
+                     + (f", Python {env['python']})" if env["python"] else ")"))
+    _emit(info, "\n".join(lines))
+
+
+@cli.group("cache", cls=_Group)
+def cache() -> None:
+    """Inspect and clean the store ($REPRO_HOME)."""
+
+
+@cache.command("ls")
+@_common
+def cache_ls(recipe: str | None) -> None:
+    """List the environments in the store."""
+    from builder.cache import list_envs  # noqa: PLC0415
+
+    store = _store()
+    envs = list_envs(store)
+    rows = [f"{e['env'][7:19]}  {e['recipe']:<20} Python {e['python']:<8} "
+            f"{e['packages']:>4} pkgs  {e['size'] / 1e6:8.1f} MB  used {e['last_used']}"
+            for e in envs]
+    _emit({"store": str(store.root), "envs": envs},
+          "\n".join(rows) or f"no environments in {store.root}")
+
+
+@cache.command("gc")
+@_common
+@click.option("--older-than", "days", type=click.FloatRange(min=0), default=30.0,
+              show_default=True, help="Remove environments not used for this many days.")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+def cache_gc(recipe: str | None, days: float, dry_run: bool) -> None:
+    """Remove unused environments and what interrupted builds left behind."""
+    from builder.cache import gc  # noqa: PLC0415
+
+    result = gc(_store(), older_than_days=days, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    _emit(result, f"{verb} {len(result['removed'])} entries, {result['freed'] / 1e6:.1f} MB")

@@ -1,0 +1,115 @@
+"""Where a run's command executes: a `Runner`, chosen by the CLI and passed in.
+
+    VenvRunner      the env's virtualenv in the store (`repro run`, the default)
+    ImageRunner     the recipe's OCI image, through buildah (`repro run --in image`;
+                    builder/image/runner.py)
+
+`run` never asks which one it has: it asks a runner for its identity (what joins the run key
+beyond the env id), to prepare (build what the command runs in, only when a run must execute),
+to execute a `Job`, and what software a record should name.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+from builder import __version__, hashing, proc
+from builder.records import Software
+from builder.store import Store, atomic_write
+
+if TYPE_CHECKING:
+    from builder.env import BuildResult
+    from builder.project import Project
+
+RUNTIME_FILES = ("runtime.py", "tensordiff.py")
+
+
+class Job(NamedTuple):
+    """One command to execute, and everything it is given."""
+
+    argv: list[str]
+    variables: dict[str, str]  # what repro sets (seed, params…): recorded
+    workdir: Path  # the folder the command runs in, on the host
+    runtime: Path  # a folder holding builder/runtime.py, for the PYTHONPATH
+    params_file: Path
+    metrics_file: Path | None = None  # where REPRO_METRICS_FILE points, on the host
+    outputs: tuple[str, ...] = ()  # declared outputs, relative to the workdir
+
+
+class Runner(Protocol):
+    """What `run` needs of a place to execute commands."""
+
+    kind: str
+
+    def identity(self) -> str | None:
+        """What joins the run key beyond the env id (an image digest), or None."""
+
+    def prepare(self) -> None:
+        """Build what the command runs in (called only when a command must execute)."""
+
+    def execute(self, job: Job) -> tuple[int, str]:
+        """Run the job; its exit status and the tail of its output."""
+
+    def software(self, runtime_digest: str) -> Software:
+        """The interpreter and packages a record names."""
+
+
+def runtime_dir(store: Store) -> tuple[Path, str]:
+    """A folder holding only builder/runtime.py and builder/tensordiff.py (stdlib-only modules
+    for code inside an environment), for a PYTHONPATH through which nothing else leaks."""
+    sources = {name: Path(__file__).with_name(name).read_bytes() for name in RUNTIME_FILES}
+    digest = hashing.digest_json({k: hashing.digest_bytes(v) for k, v in sources.items()})
+    root = store.runtime / digest.removeprefix(hashing.PREFIX)
+    if not (root / "builder" / "__init__.py").is_file():
+        for name, data in sources.items():
+            atomic_write(root / "builder" / name, data)
+        atomic_write(root / "builder" / "__init__.py", b"")  # last: marks the folder complete
+    return root, digest
+
+
+def software(python: str, packages: dict[str, str], pylock_digest: str, runtime_digest: str,
+             image: str | None = None) -> Software:
+    """A record's `software`: interpreter, packages, the pylock and runtime it ran with."""
+    return Software(python, packages, pylock_digest, __version__, runtime_digest, image)
+
+
+class VenvRunner:
+    """The env's virtualenv in the store."""
+
+    kind = "venv"
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+
+    def identity(self) -> str | None:
+        return None  # the env id is already in the key
+
+    @functools.cached_property
+    def built(self) -> BuildResult:
+        from builder import env  # noqa: PLC0415  (a cache hit builds nothing)
+
+        return env.build(self.project)
+
+    def prepare(self) -> None:
+        self.built  # noqa: B018  (building is the point)
+
+    def execute(self, job: Job) -> tuple[int, str]:
+        from builder import env  # noqa: PLC0415
+
+        host = {**env.activate(self.built.path), "PYTHONPATH": str(job.runtime),
+                "REPRO_PARAMS_FILE": str(job.params_file)}
+        if job.metrics_file is not None:
+            host["REPRO_METRICS_FILE"] = str(job.metrics_file)
+        return proc.tee(job.argv, env=proc.clean_env(job.variables | host), cwd=job.workdir)
+
+    def software(self, runtime_digest: str) -> Software:
+        from builder import env  # noqa: PLC0415
+
+        manifest = env.read_manifest(self.built.path)
+        return software(self.built.python, manifest.packages, manifest.pylock, runtime_digest)
+
+    def python(self) -> Path:
+        """The env's interpreter, for helpers run inside it (tensordiff)."""
+        return self.built.path / "bin" / "python"
