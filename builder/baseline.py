@@ -100,8 +100,11 @@ def _merged(new: Baseline, old: Baseline | None) -> Baseline:
     if not kept:
         return new
     if not same:
-        log.info("The baseline's runs on other hardware (%s) were made from another env, "
-                 "code, data or params: dropped", ", ".join(str(r.hardware_class) for r in kept))
+        differs = [k for k in _SHARED if getattr(old, k) != getattr(new, k)]
+        if old.key_format != new.key_format:
+            differs.append(f"run-key format ({old.key_format})")
+        log.info("The baseline's runs on other hardware (%s) differ in %s: dropped",
+                 ", ".join(str(r.hardware_class) for r in kept), ", ".join(differs))
         return new
     log.info("Kept the baseline's runs on other hardware: %s",
              ", ".join(sorted({str(r.hardware_class) for r in kept})))
@@ -132,8 +135,8 @@ def set_baseline(project: Project, runner: VenvRunner,
     if recipe.reproducibility.standard == "functional":
         evaluated = []
         for entry in base.runs:
-            run.restore_outputs(project, entry.outputs)
-            evaluated.append(replace(entry, evaluation=run.evaluate(project, runner)))
+            evaluated.append(replace(entry, evaluation=run.evaluate(project, runner,
+                                                                     entry.outputs)))
         base = replace(base, runs=tuple(evaluated))
     path = path_of(recipe)
     previous = None

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from builder.env import read_manifest
-from builder.store import Store
+from builder.store import Store, remove_tree
 
 
 def _size(path: Path) -> int:
@@ -53,11 +52,12 @@ def gc(store: Store, *, older_than_days: float, dry_run: bool = False) -> dict[s
     cutoff = time.time() - older_than_days * 86400
     removed: list[str] = []
     freed = 0
-    for leftover in store.envs.leftovers():
+    for leftover in [*store.envs.leftovers(), *store.sandboxes.leftovers()]:
         freed += _size(leftover)
         removed.append(str(leftover))
         if not dry_run:
-            shutil.rmtree(leftover, ignore_errors=True)
+            remove_tree(leftover)
+            leftover.with_name(leftover.name + ".lock").unlink(missing_ok=True)
     for env in list_envs(store):
         if store.envs.last_used(env["env"]) > cutoff:
             continue

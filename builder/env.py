@@ -120,7 +120,7 @@ def _write_manifest(project: Project, venv: Path) -> None:
         recipe=recipe.name,
         python=m.group(1) if m else recipe.environment.python,
         platform=recipe.environment.platform,
-        pylock=project.store.blobs.put(current.pylock_path.read_bytes()),
+        pylock=project.store.blobs.put(current.pylock_bytes),
         packages={p.name: p.version for p in current.packages},
         builder=__version__,
     )
@@ -156,6 +156,17 @@ def exec_in(project: Project, argv: Sequence[str], *,
     built = build(project)
     return built, proc.call(argv, env=proc.clean_env(activate(built.path)), cwd=project.root,
                             to_stderr=capture)
+
+
+def interpreter_prefix(venv: Path) -> list[Path]:
+    """The installation a virtualenv's interpreter belongs to (pyvenv.cfg's `home`, less
+    `bin`): the command must see it, wherever it lies."""
+    try:
+        cfg = (venv / "pyvenv.cfg").read_text()
+    except OSError:
+        return []
+    m = re.search(r"^home\s*=\s*(.+?)\s*$", cfg, re.MULTILINE)
+    return [Path(m.group(1)).parent] if m else []
 
 
 def activate(venv: Path) -> dict[str, str]:

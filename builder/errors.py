@@ -13,7 +13,9 @@
     ├── RegistryError               exit 3: a registry is unreachable, refuses, or serves bad bytes
     └── StoreError                  exit 3: the store is missing or holds a damaged entry
 
-Anything else that escapes is a bug in repro: `repro` exits 4 (EXIT_BUG), prints one line and
+`Terminated` (a BaseException, like KeyboardInterrupt) means repro got SIGTERM or SIGHUP: the
+command's process tree was ended and repro exits 128 + the signal. Anything else that escapes
+is a bug in repro: `repro` exits 4 (EXIT_BUG), prints one line and
 writes the traceback to a log file. A closed output pipe (`repro runs | head -1`) exits 141,
 as a process killed by SIGPIPE does.
 """
@@ -162,3 +164,11 @@ class StoreError(ReproError):
         self.path = path
         super().__init__(message, hint=hint or "run `repro cache verify` to check the whole "
                                                "store; the entry is re-made when next needed")
+
+
+class Terminated(BaseException):  # a signal, not an error: like KeyboardInterrupt
+    """repro received SIGTERM or SIGHUP while a command ran; the command's tree was ended."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"terminated by signal {signum}")

@@ -38,6 +38,9 @@ def canonical_json(value: Any) -> bytes:
             f"{exc}: identities are RFC 8785 JSON, whose numbers are exact only up to 2^53",
             hint="write it as a string",
         ) from exc
+    except rfc8785.FloatDomainError as exc:
+        raise InputError(f"{exc}: identities are RFC 8785 JSON, which has no NaN or infinity",
+                         hint="use a finite number") from exc
 
 
 _SAFE_INT = 2**53

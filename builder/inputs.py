@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import logging
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -15,9 +16,10 @@ from builder import hashing, proc
 from builder.errors import InputError
 from builder.recipe import Recipe
 
+log = logging.getLogger(__name__)
 # Never code: version control, environments, caches, and repro's own files.
 _PRUNED = (".git", ".venv", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache",
-           "lockfiles")
+           "lockfiles", ".repro")
 _ALWAYS_EXCLUDED = (*(f"{d}/*" for d in _PRUNED), *(f"*/{d}/*" for d in _PRUNED), "*.pyc")
 
 
@@ -52,27 +54,53 @@ class StatCache:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("CREATE TABLE IF NOT EXISTS stat (path TEXT PRIMARY KEY, "
                             "key TEXT NOT NULL, digest TEXT NOT NULL)")
-        except sqlite3.DatabaseError:
-            self.db = None
+            self.db.execute("CREATE TABLE IF NOT EXISTS said (note TEXT PRIMARY KEY)")
+        except sqlite3.Error:
+            self.forget()
 
     def digest(self, path: Path, st: os.stat_result) -> str:
         key = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_ctime_ns}"
         name = str(path)
         if self.db is not None:
-            row = self.db.execute("SELECT key, digest FROM stat WHERE path = ?", (name,)).fetchone()
+            try:
+                row = self.db.execute("SELECT key, digest FROM stat WHERE path = ?",
+                                      (name,)).fetchone()
+            except sqlite3.Error:
+                self.forget()
+                row = None
             if row is not None and row[0] == key:
                 self.hits += 1
                 return str(row[1])
         self.misses += 1
         digest = hashing.file_digest(path)
         if self.db is not None:
-            with contextlib.suppress(sqlite3.DatabaseError):
-                self.db.execute("INSERT OR REPLACE INTO stat VALUES (?, ?, ?)", (name, key, digest))
+            try:
+                self.db.execute("INSERT OR REPLACE INTO stat VALUES (?, ?, ?)",
+                                (name, key, digest))
+            except sqlite3.Error:  # a full disk, a damaged file: a cache, so go on without
+                self.forget()
         return digest
 
-    def close(self) -> None:
+    def forget(self) -> None:
+        """Stop using the cache for this command (it only ever saves re-reading)."""
         if self.db is not None:
-            self.db.close()
+            with contextlib.suppress(sqlite3.Error):
+                self.db.close()
+        self.db = None
+
+    def first_time(self, note: str) -> bool:
+        """True the first time `note` is asked about (for warnings said once, not per run)."""
+        if self.db is None:
+            return True
+        try:
+            return self.db.execute("INSERT OR IGNORE INTO said VALUES (?)",
+                                   (note,)).rowcount == 1
+        except sqlite3.Error:
+            self.forget()
+            return True
+
+    def close(self) -> None:
+        self.forget()
 
 
 @contextlib.contextmanager
@@ -80,10 +108,16 @@ def stat_cache(path: Path | None) -> Iterator[StatCache]:
     cache = StatCache(path)
     try:
         if cache.db is not None:
-            cache.db.execute("BEGIN")
+            try:
+                cache.db.execute("BEGIN")
+            except sqlite3.Error:
+                cache.forget()
         yield cache
         if cache.db is not None:
-            cache.db.execute("COMMIT")
+            try:
+                cache.db.execute("COMMIT")
+            except sqlite3.Error:
+                cache.forget()
     finally:
         cache.close()
 
@@ -92,13 +126,16 @@ def _matches(rel: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(rel, p) for p in patterns)
 
 
-def _tracked(root: Path) -> list[str] | None:
-    """Files git tracks under root (relative), or None outside a git work tree."""
-    done = proc.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--", "."],
-                    check=False)
+def _tracked(root: Path) -> tuple[list[str], list[str]] | None:
+    """Files under root (relative) that git tracks, and those it neither tracks nor
+    ignores; None outside a git work tree. One `git ls-files` call."""
+    done = proc.run(["git", "-C", str(root), "ls-files", "-z", "-t", "--cached", "--others",
+                     "--exclude-standard", "--", "."], check=False)
     if done.returncode != 0:
         return None
-    return sorted(p for p in done.stdout.split("\0") if p)
+    entries = [e for e in done.stdout.split("\0") if len(e) > 2]
+    return (sorted(e[2:] for e in entries if e[0] != "?"),
+            sorted(e[2:] for e in entries if e[0] == "?"))
 
 
 def _git_facts(root: Path, files: list[str]) -> tuple[str | None, bool | None]:
@@ -110,21 +147,63 @@ def _git_facts(root: Path, files: list[str]) -> tuple[str | None, bool | None]:
     return head.stdout.strip(), bool(status and status.stdout.strip())
 
 
-def code_state(recipe: Recipe, cache: StatCache) -> CodeState:
+def _made_by_runs(recipe: Recipe, store: Path | None) -> tuple[set[str], list[str]]:
+    """What runs write in the project folder, never code: (declared files, folders)."""
+    root = recipe.root
+    train = recipe.train
+    files = set(train.outputs) | ({train.metrics} if train and train.metrics else set()) \
+        if train else set()
+    folders = []
+    if store is not None and store.is_relative_to(root) and store != root:
+        folders.append(store.relative_to(root).as_posix())  # $REPRO_HOME inside the project
+    return files, folders
+
+
+def code_state(recipe: Recipe, cache: StatCache, store: Path | None = None) -> CodeState:
     """The code digest: git-tracked files (all files outside git) matching `[code]`.
 
     Untracked and ignored files never count; the commit and dirty flag are recorded facts.
+    Outside git, neither do the run's declared outputs and metrics file, `.repro/`, or the
+    store when it lies inside the project; a warning (once per set of files) names the files.
     """
     root = recipe.root
-    tracked = _tracked(root)
-    candidates = tracked if tracked is not None else hashing.walk_files(root, _PRUNED)
+    listed = _tracked(root)
+    tracked = listed[0] if listed is not None else None
+    made, stores = _made_by_runs(recipe, store)
+    if listed is not None:
+        candidates = listed[0]
+        _untracked_code(recipe, cache, [rel for rel in listed[1] if rel not in made])
+    else:
+        candidates = [rel for rel in hashing.walk_files(root, _PRUNED)
+                      if rel not in made and not any(rel.startswith(f"{s}/") for s in stores)]
     files = [rel for rel in candidates
              if _matches(rel, recipe.code.include)
              and not _matches(rel, recipe.code.exclude + _ALWAYS_EXCLUDED)
              and ((root / rel).is_file() or (root / rel).is_symlink())]
+    if tracked is None and cache.first_time(f"not-git {root} {hashing.digest_json(files)}"):
+        shown = ", ".join(files[:8]) + (f", … ({len(files)} in all)" if len(files) > 8 else "")
+        log.warning("%s is not a git repository: the code digest covers the %d files "
+                    "matching [code] include: %s (never the run's outputs, metrics file or "
+                    "the store). Narrow [code] include if that is more than the code",
+                    root, len(files), shown or "none")
     commit, dirty = _git_facts(root, files) if tracked is not None else (None, None)
     return CodeState(hashing.tree_digest(root, files, cache.digest), len(files), commit, dirty,
                      tuple(files))
+
+
+def _untracked_code(recipe: Recipe, cache: StatCache, untracked: list[str]) -> None:
+    """Warn (once per set) of files [code] include names that git does not track."""
+    matching = [rel for rel in untracked if _matches(rel, recipe.code.include)
+                and not _matches(rel, recipe.code.exclude + _ALWAYS_EXCLUDED)]
+    if matching and cache.first_time(f"untracked {recipe.root} "
+                                     f"{hashing.digest_json(matching)}"):
+        shown = ", ".join(matching[:8]) + (", …" if len(matching) > 8 else "")
+        log.warning("%d file%s [code] include but git does not track %s, so %s not "
+                    "code and a run cannot see %s: %s (`git add` what the training needs)",
+                    len(matching), "s match" if len(matching) > 1 else " matches",
+                    "them" if len(matching) > 1 else "it",
+                    "they are" if len(matching) > 1 else "it is",
+                    "them" if len(matching) > 1 else "it", shown)
 
 
 def data_digests(recipe: Recipe, cache: StatCache) -> dict[str, str]:
@@ -135,7 +214,15 @@ def data_digests(recipe: Recipe, cache: StatCache) -> dict[str, str]:
     """
     out = {}
     for entry in recipe.data:
-        path = (recipe.root / entry.path).resolve()
+        try:
+            path = (recipe.root / entry.path).resolve()
+        except (OSError, RuntimeError) as exc:
+            raise InputError(f"{recipe.path}: data.{entry.name}: {entry.path} cannot be "
+                             f"resolved: {exc}", hint="fix the symlinks on the way") from exc
+        if path.exists() and not (path.is_file() or path.is_dir()):
+            raise InputError(f"{recipe.path}: data.{entry.name}: {path} is neither a file "
+                             "nor a folder (a device or a pipe?)",
+                             hint="declare a regular file or a folder")
         if path.is_file():
             out[entry.name] = cache.digest(path, path.stat())
         elif path.is_dir():

@@ -37,6 +37,7 @@ class Lock:
     env_id: str
     pylock_digest: str
     data: dict[str, Any] = field(default_factory=dict)
+    pylock_bytes: bytes = b""  # pylock.toml as read: stored beside records, copied into images
 
     @property
     def pylock_path(self) -> Path:
@@ -140,7 +141,8 @@ def write_lock(
         if not path.is_file() or path.read_bytes() != data:
             atomic_write(path, data)
             changed = True
-    written = Lock(recipe, packages, identity, pylock_digest, tomllib.loads(lock_text))
+    written = Lock(recipe, packages, identity, pylock_digest, tomllib.loads(lock_text),
+                   pylock_text.encode())
     return LockResult(recipe.name, identity, recipe.lock_dir / REPRO_LOCK, changed,
                       len(packages), written)
 
@@ -191,7 +193,7 @@ def read_lock(recipe: Recipe) -> Lock:
     packages = pylock.loads(raw.decode(), py_path)
     base = None if recipe.image.pinned else str(data.get("base", ""))
     return Lock(recipe, packages, env_id(recipe, packages, base), hashing.digest_bytes(raw),
-                data)
+                data, raw)
 
 
 def inspect(recipe: Recipe) -> tuple[Lock | None, list[str], list[str]]:

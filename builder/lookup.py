@@ -101,9 +101,13 @@ def _recipe_lookup(project: Project) -> Found:
     from builder.runner import VenvRunner  # noqa: PLC0415
 
     p = plan(project, VenvRunner(project))
-    found = project.store.records.for_key(p.key)
+    try:
+        found = project.store.records.for_key(p.key)
+    except StoreError as exc:
+        log.warning("%s", exc.message)
+        found = None
     return Found("recipe", str(project.recipe.path), p.key,
-                 [summary(project.store, found)] if found else [])
+                 summaries(project.store, [found] if found else []))
 
 
 def runs_of(recipe: Recipe, *, store: Store) -> list[dict[str, Any]]:
@@ -148,6 +152,8 @@ def describe(digest: str, record: RunRecord) -> str:
         f"code     {code.digest}  commit {code.commit}{'  (dirty)' if code.dirty else ''}",
         *[f"data     {n}: {d.path}  {d.digest}" for n, d in sorted(record.data.items())],
         f"command  {' '.join(record.command)}",
+        f"sandbox  {record.sandbox}, network {'reachable' if record.network else 'off'}"
+        + (f", pass-env {', '.join(record.pass_env)}" if record.pass_env else ""),
         f"seed     {record.seed}   params {json.dumps(record.params, sort_keys=True)}",
         f"hardware {hw['arch']}, {hw['cpu']['model']}, {hw['cpu']['cores']} cores, "
         f"{(hw['memory_bytes'] or 0) / 2**30:.1f} GiB{gpus}",

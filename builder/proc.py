@@ -11,9 +11,10 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 
-from builder.errors import InputError, ToolError
+from builder.errors import InputError, Terminated, ToolError
 
 log = logging.getLogger(__name__)
+SUPERVISOR = Path(__file__).with_name("supervise.py")
 
 # Variables that change what uv or pip do behind our back; each call states its own.
 _AMBIENT = ("UV_", "PIP_", "VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH", "PYTHONHOME")
@@ -75,16 +76,30 @@ def uv_bin() -> str:
     return str(uv.find_uv_bin())
 
 
-def _not_started(argv: Sequence[str], exc: OSError, hint: str) -> InputError | ToolError:
+_ONE_STRING = 128 * 1024  # Linux's MAX_ARG_STRLEN: no one argument or variable may be longer
+
+
+def _not_started(argv: Sequence[str], exc: OSError, hint: str,
+                 env: Mapping[str, str] | None = None) -> InputError | ToolError:
     """Why a command could not start: a command line too long is the input's fault."""
     import errno  # noqa: PLC0415
 
     if exc.errno == errno.E2BIG:
-        size = sum(len(a) + 1 for a in argv)
-        return InputError(f"the command line of {argv[0]} is too long to start ({len(argv)} "
-                          f"arguments, {size} bytes): {exc.strerror}",
-                          hint="pass fewer or shorter arguments: params reach the command "
-                               "without the command line too, in REPRO_PARAMS_FILE")
+        variables = [f"{k}={v}" for k, v in (env or {}).items()]
+        longest = max([*argv, *variables], key=len)
+        what = (f"{longest.partition('=')[0] if longest in variables else 'an argument'} is "
+                f"{len(longest)} bytes, over the {_ONE_STRING} any one may be"
+                if len(longest) >= _ONE_STRING else
+                f"{len(argv)} arguments ({sum(len(a) + 1 for a in argv)} bytes) and "
+                f"{len(variables)} variables ({sum(len(v) + 1 for v in variables)} bytes)")
+        # the user's command, not the sandbox (bwrap) or namespace wrapper around it
+        name = argv[len(argv) - 1 - list(reversed(argv)).index("--") + 1] \
+            if "--" in argv[:-1] else argv[0]
+        return InputError(f"the command line of {name} is too long to start: {what}",
+                          hint="params reach the command as arguments and as REPRO_PARAM_<NAME> "
+                               "variables: keep large values in a file declared under [data] "
+                               "and pass its path; the command also finds all params in "
+                               "REPRO_PARAMS_FILE")
     return ToolError(list(argv), 127, str(exc), hint=hint)
 
 
@@ -99,42 +114,75 @@ def call(
     """
     log.debug("$ %s", shlex.join(argv))
     try:
-        return subprocess.run(
+        code = subprocess.run(
             list(argv), env=dict(env), cwd=cwd, check=False,
             stdout=sys.stderr if to_stderr else None,
         ).returncode
     except OSError as exc:
-        raise _not_started(argv, exc, f"is {argv[0]} installed in the environment?") from exc
+        raise _not_started(argv, exc, f"is {argv[0]} installed in the environment?",
+                           env) from exc
+    return 128 - code if code < 0 else code  # killed by a signal: as a shell says it
 
 
-def tee(
-    argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, tail_lines: int = 40
-) -> tuple[int, str]:
-    """Run a command, copying its output (stdout and stderr) to our stderr as it comes.
+def grace_seconds() -> float:
+    """How long a command gets to end after SIGTERM before SIGKILL (REPRO_KILL_GRACE)."""
+    try:
+        return max(0.0, float(os.environ.get("REPRO_KILL_GRACE", "10")))
+    except ValueError:
+        raise InputError(f"REPRO_KILL_GRACE={os.environ['REPRO_KILL_GRACE']!r} is not a "
+                         "number of seconds", hint="e.g. REPRO_KILL_GRACE=10") from None
 
-    Returns the exit status and the last lines of output. Ctrl-C kills the command.
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
+
+
+def supervised(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path,
+               tail_lines: int = 40) -> tuple[int, str]:
+    """Run a command under builder/supervise.py, copying its output to our stderr as it comes.
+
+    The command's whole process tree ends with repro: on Ctrl-C, SIGTERM or SIGHUP (which
+    raise here, after the tree is ended), or when repro dies, even by SIGKILL. Returns the exit
+    status and the last lines of output.
 
     Raises:
-        ToolError: the command could not be started.
+        InputError: the command line is too long to start.
+        KeyboardInterrupt, Terminated: repro was interrupted; the tree is gone.
     """
     import collections  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
 
+    grace = grace_seconds()
+    command = [sys.executable, "-I", "-S", str(SUPERVISOR), str(grace), "--", *argv]
     log.debug("$ %s", shlex.join(argv))
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, _raise_terminated)
     try:
-        child = subprocess.Popen(list(argv), env=dict(env), cwd=cwd, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT)
-    except OSError as exc:
-        raise _not_started(argv, exc, f"is {argv[0]} installed in the environment?") from exc
-    tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
-    assert child.stdout is not None  # noqa: S101  (stdout=PIPE above)
-    with child.stdout:
         try:
-            for raw in child.stdout:
-                line = raw.decode(errors="replace")
-                sys.stderr.write(line)
-                tail.append(line)
-            return child.wait(), "".join(tail)
-        except BaseException:
-            child.kill()
-            child.wait()
-            raise
+            child = subprocess.Popen(command, env=dict(env), cwd=cwd, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:
+            raise _not_started(argv, exc, f"is {argv[0]} installed?", env) from exc
+        tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+        assert child.stdout is not None  # noqa: S101  (stdout=PIPE above)
+        with child.stdout:
+            try:
+                for raw in child.stdout:
+                    line = raw.decode(errors="replace")
+                    sys.stderr.write(line)
+                    tail.append(line)
+                return child.wait(), "".join(tail)
+            except BaseException:
+                child.send_signal(signal.SIGTERM)  # the supervisor ends the tree
+                try:
+                    child.wait(timeout=grace + 5)
+                except subprocess.TimeoutExpired:
+                    os.killpg(child.pid, signal.SIGKILL)
+                    child.wait()
+                raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -108,7 +108,7 @@ class Project:
         from builder import inputs  # noqa: PLC0415
 
         with inputs.stat_cache(self.store.stat_cache) as cache:
-            return inputs.code_state(self.recipe, cache)
+            return inputs.code_state(self.recipe, cache, self.store.root)
 
     @functools.cached_property
     def data(self) -> dict[str, str]:
@@ -131,7 +131,7 @@ class Project:
             return
         with inputs.stat_cache(self.store.stat_cache) as cache:
             if "code" not in self.__dict__:
-                self.__dict__["code"] = inputs.code_state(self.recipe, cache)
+                self.__dict__["code"] = inputs.code_state(self.recipe, cache, self.store.root)
             if "data" not in self.__dict__:
                 self.__dict__["data"] = inputs.data_digests(self.recipe, cache)
 

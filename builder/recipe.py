@@ -102,6 +102,10 @@ class Train:
     metrics: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     threads: int | None = None
+    sandbox: bool = True  # false: run in the project folder, able to read undeclared files
+    network: bool = False  # true: the command may reach the network (where bwrap hides it)
+    pass_env: tuple[str, ...] = ()  # the caller's variables passed by name (credentials)
+    not_secret: tuple[str, ...] = ()  # [train] env names that only look like credentials
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,8 @@ class Recipe:
                 "metrics": train.metrics,
                 "env": dict(train.env),
                 "threads": train.threads,
+                "sandbox": train.sandbox,
+                "network": train.network,
             },
             "reproducibility": {
                 "standard": r.standard,

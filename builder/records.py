@@ -29,8 +29,20 @@ MANIFEST_V1 = "repro.env/v1"  # v1 manifests said `format`, the env id's format
 KEY_V1 = "repro.runkey/v1"  # the run-key format of every v1 record and baseline
 
 
+def _no_constant(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
 def load_object(data: bytes, path: Path | None) -> dict[str, Any]:
-    value = json.loads(data)
+    """A JSON object as a record holds it (no NaN, not nested beyond reason).
+
+    Raises:
+        ValueError: anything else.
+    """
+    try:
+        value = json.loads(data, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply to be a record") from None
     if not isinstance(value, dict):
         raise ValueError(f"{path or 'the record'} holds {type(value).__name__}, not an object")
     return value
@@ -131,6 +143,9 @@ class RunRecord:
     error: str | None = None
     runner: str = "venv"  # where the command ran: "venv" or "image"
     key_format: str = KEY_V1
+    sandbox: str = "off"  # bwrap | folder | off (v1 runs ran in the project folder)
+    network: bool = True  # whether the command could reach the network
+    pass_env: tuple[str, ...] = ()  # names of the caller's variables it got (values never)
 
     @property
     def succeeded(self) -> bool:
@@ -144,6 +159,7 @@ class RunRecord:
             "code": plain(self.code),
             "data": {k: plain(v) for k, v in self.data.items()},
             "command": list(self.command),
+            "pass_env": list(self.pass_env),
             "software": self.software.to_json(),
             "outputs": [o.to_json() for o in self.outputs],
             "status": "succeeded" if self.succeeded else "failed",
@@ -184,6 +200,9 @@ class RunRecord:
             error=d.get("error"),
             runner=d.get("runner", "image" if software.image else "venv"),
             key_format=d.get("key_format", KEY_V1),
+            sandbox=d.get("sandbox", "off"),
+            network=bool(d.get("network", True)),
+            pass_env=tuple(d.get("pass_env", ())),
         )
 
     @classmethod

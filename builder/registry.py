@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from builder.errors import RegistryError
+from builder.errors import InputError, RegistryError
 from builder.hashing import sha256_digest as sha256
 
 MANIFEST_TYPES = (
@@ -24,6 +24,8 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 )
+_REFERENCE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)"
+                        r"[a-z0-9]+)*)*(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?")
 _LOOPBACK = re.compile(r"^(localhost|127(\.\d+){3}|\[::1\])(:\d+)?$")
 
 
@@ -36,7 +38,15 @@ class Reference:
 
     @classmethod
     def parse(cls, text: str) -> Reference:
-        """`registry/repo[:tag][@sha256:…]`; a name without a registry host means Docker Hub."""
+        """`registry/repo[:tag][@sha256:…]`; a name without a registry host means Docker Hub.
+
+        Raises:
+            InputError: not a reference (the distribution spec's grammar, roughly).
+        """
+        if not _REFERENCE.fullmatch(text):
+            raise InputError(f"{text!r} is not an image reference",
+                             hint="write REGISTRY/NAME[:TAG][@sha256:DIGEST], e.g. "
+                                  "localhost:5000/team/model:v1")
         name, _, digest = text.partition("@")
         head, _, rest = name.partition("/")
         if rest and ("." in head or ":" in head or head == "localhost"):

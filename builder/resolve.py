@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import platform as host_platform
 import re
 import shutil
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from builder import proc
-from builder.errors import InputError, ResolutionError, ToolError
+from builder.errors import InputError, LockfileError, ResolutionError, ToolError
 from builder.hashing import sha256_file
 from builder.pylock import Artefact, Package, loads
 from builder.recipe import Recipe, Source, canonical_name
@@ -29,6 +30,7 @@ from builder.recipe import Recipe, Source, canonical_name
 if TYPE_CHECKING:
     from packaging.tags import Tag
 
+log = logging.getLogger(__name__)
 RESOLVERS = ("uv", "pip-tools")
 PYPI = "https://pypi.org/simple"
 
@@ -78,10 +80,14 @@ def resolve(
         req.write_text("".join(d + "\n" for d in recipe.environment.dependencies))
         current = recipe.lock_dir / "pylock.toml"
         if current.is_file() and not upgrade:
-            pins = loads(current.read_text(), current)
-            shutil.copyfile(current, req.with_name("pylock.toml"))
-            req.with_name("pins.txt").write_text(
-                "".join(f"{p.name}=={p.version}\n" for p in pins))
+            try:
+                pins = loads(current.read_text(errors="replace"), current)
+            except LockfileError as exc:  # the lock being replaced may be what is broken
+                log.warning("%s; resolving without its versions as preferences", exc.message)
+            else:
+                shutil.copyfile(current, req.with_name("pylock.toml"))
+                req.with_name("pins.txt").write_text(
+                    "".join(f"{p.name}=={p.version}\n" for p in pins))
         if resolver == "uv":
             packages = _resolve_uv(recipe, machine, req, offline)
         else:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import re
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,11 +26,10 @@ from builder.project import Project
 from builder.recipe import Recipe, Train
 from builder.records import CodeFacts, DataFacts, Output, RecipeRef, RunRecord
 from builder.runner import Job, Runner, runtime_dir
-from builder.store import replacing
 
 log = logging.getLogger(__name__)
 _PLACEHOLDER = re.compile(r"\{([^{}]+)\}")  # names checked when the recipe was read
-KEY_FORMAT = "repro.runkey/v1"
+KEY_FORMAT = "repro.runkey/v2"  # v2: sandbox and network joined the key
 
 
 @dataclass(frozen=True)
@@ -57,6 +56,7 @@ class RunResult:
     record: RunRecord
     cached: bool
     objects: dict[str, str] = field(default_factory=dict)
+    sandbox: Path | None = None  # the run's folder, when --keep-sandbox kept it
 
     def to_json(self) -> dict[str, Any]:
         r = self.record
@@ -64,7 +64,8 @@ class RunResult:
                 "recipe": r.recipe.name, "env": r.env, "seed": r.seed,
                 "params": r.params, "metrics": r.metrics, "duration": r.duration,
                 "outputs": [{**o.to_json(), "object": self.objects.get(o.path)}
-                            for o in r.outputs]}
+                            for o in r.outputs],
+                **({"sandbox": str(self.sandbox)} if self.sandbox else {})}
 
 
 def train_of(recipe: Recipe) -> Train:
@@ -99,18 +100,26 @@ def resolve_params(recipe: Recipe, overrides: Sequence[str]) -> dict[str, Any]:
 
 
 def _parse_like(current: Any, text: str, name: str) -> Any:
+    import math  # noqa: PLC0415
+
     try:
         if isinstance(current, bool):
             if text.lower() not in ("true", "false"):
                 raise ValueError(text)
             return text.lower() == "true"
         if isinstance(current, int):
-            return int(text)
+            value = int(text)
+            if abs(value) >= 2**53:
+                raise ValueError(text)
+            return value
         if isinstance(current, float):
-            return float(text)
+            number = float(text)
+            if not math.isfinite(number):
+                raise ValueError(text)
+            return number
     except ValueError:
-        raise InputError(f"--param {name}={text}: expected {type(current).__name__}, like "
-                         f"the recipe's {current!r}") from None
+        raise InputError(f"--param {name}={text}: expected {type(current).__name__}, like the "
+                         f"recipe's {current!r} (numbers finite, integers below 2^53)") from None
     return text
 
 
@@ -130,7 +139,8 @@ def render_command(recipe: Recipe, train: Train, seed: int, params: dict[str, An
 def plan(project: Project, runner: Runner, *, seed: int | None = None,
          params: Sequence[str] = ()) -> Plan:
     """Compute the run key: env id, code, data, command, params, seed (+ hardware if bitwise),
-    and the runner's identity (an image digest) when it has one."""
+    whether it runs sandboxed and with the network, and the runner's identity (an image
+    digest) when it has one."""
     from builder import hardware  # noqa: PLC0415
 
     recipe = project.recipe
@@ -157,38 +167,66 @@ def plan(project: Project, runner: Runner, *, seed: int | None = None,
         "run_env": dict(train.env),
         "threads": train.threads,
         "hardware": klass,
+        # a run that could read undeclared files, or fetch, makes another claim
+        "sandbox": train.sandbox,
+        "network": train.network,
         # where it runs, when not in the env's virtualenv: an image digest
         **({"runner": where} if where else {}),
     })
     return Plan(project, train, env_id, values, chosen, klass, runner.kind, key)
 
 
+def _answer(project: Project, key: str) -> tuple[str, RunRecord] | None:
+    """The recorded success of a run key, if the store has one it can read."""
+    records = project.store.records
+    try:
+        found = records.for_key(key)
+        if found is None:
+            return None
+        return found, records.get(found)
+    except StoreError as exc:
+        log.warning("%s; training again", exc.message)
+        return None
+
+
 def run(project: Project, runner: Runner, *, seed: int | None = None,
-        params: Sequence[str] = (), use_cache: bool = True) -> RunResult:
+        params: Sequence[str] = (), use_cache: bool = True, place: bool = True,
+        keep_sandbox: bool = False) -> RunResult:
     """Answer from the store when a run with the same key succeeded; else train and record.
 
+    Runs of one key wait for one another (the first trains, the others answer from the
+    store); runs of other keys go on in parallel, each in its own sandbox. With `place`, the
+    outputs are put into the project afterwards (verification re-runs leave it alone).
+
     Raises:
+        InputError: an output overlaps data, code, the lock or the recipe, or is a symlink.
         RunFailed: the command failed, or an output or the metrics file is missing or bad.
     """
+    from builder.sandbox import check_outputs  # noqa: PLC0415
+
     p = plan(project, runner, seed=seed, params=params)
-    records = project.store.records
-    found = records.for_key(p.key) if use_cache else None
-    if found is not None:
-        try:
-            record = records.get(found)
-        except StoreError as exc:
-            log.warning("%s; training again", exc.message)
-        else:
-            return RunResult(found, record, cached=True,
-                             objects=restore_outputs(project, record.outputs))
-    runner.prepare()
-    return _execute(p, runner)
+    check_outputs(project)  # before anything in the project is touched
+    hit = _answer(project, p.key) if use_cache else None
+    if hit is None:
+        with project.store.records.locked(p.key):
+            hit = _answer(project, p.key) if use_cache else None
+            if hit is None:
+                runner.prepare()
+                return _execute(p, runner, place=place, keep=keep_sandbox)
+            log.info("Another run of this key finished while this one waited")
+    digest, record = hit
+    objects = restore_outputs(project, record.outputs) if place else \
+        {o.path: str(project.store.blobs.path(o.digest)) for o in record.outputs}
+    return RunResult(digest, record, cached=True, objects=objects)
 
 
 def seeded_env(p: Plan) -> dict[str, str]:
     """The variables repro sets for every run; these (and only these) go into the record."""
+    from builder.sandbox import BASE_ENV  # noqa: PLC0415
+
     train = p.train
     seeded = {
+        **BASE_ENV,
         "REPRO_SEED": str(p.seed),
         "PYTHONHASHSEED": str(p.seed % 2**32),
         "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
@@ -204,6 +242,25 @@ def seeded_env(p: Plan) -> dict[str, str]:
     return seeded
 
 
+def passed_env(train: Train) -> dict[str, str]:
+    """`[train] pass-env`: the caller's values of the named variables (never recorded)."""
+    import os  # noqa: PLC0415
+
+    missing = [name for name in train.pass_env if name not in os.environ]
+    if missing:
+        log.warning("pass-env names %s, not set here: the command will not see %s",
+                    ", ".join(missing), "it" if len(missing) == 1 else "them")
+    return {name: os.environ[name] for name in train.pass_env if name in os.environ}
+
+
+def _redact(text: str, secrets: dict[str, str]) -> str:
+    """The command's output with every pass-env value blotted out, before it is recorded."""
+    for name, value in secrets.items():
+        if len(value) >= 4:
+            text = text.replace(value, f"[{name}]")
+    return text
+
+
 def _shown(argv: list[str], limit: int = 400) -> str:
     """A command line for a progress message: whole, or its start and how long it is."""
     text = " ".join(argv)
@@ -214,71 +271,111 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _execute(p: Plan, runner: Runner) -> RunResult:
+def _missing_hint(project: Project, tail: str) -> str:
+    """When a sandboxed command failed reading a project file the recipe does not declare:
+    which one, and how to declare it."""
+    root, declared = project.root, set(project.code.paths)
+    declared |= {d.path for d in project.recipe.data}
+    found = []
+    for module in re.findall(r"No module named '([\w.]+)'", tail):
+        top = module.split(".")[0]
+        found += [rel for rel in (f"{top}.py", f"{top}/__init__.py") if (root / rel).exists()]
+    for groups in re.findall(r"No such file or directory: '([^']+)'|can't open file "
+                             r"'([^']+)'", tail):
+        path = next(p for p in groups if p)
+        rel = os.path.relpath(path, root) if os.path.isabs(path) else path
+        if not rel.startswith("..") and (root / rel).exists():
+            found.append(rel)
+    outputs = {rel for rel in found if rel in train_of(project.recipe).outputs}
+    if outputs:
+        return (f"{', '.join(sorted(outputs))} is declared in train.outputs, so it is never "
+                "code and a run cannot read it: outputs are what a run makes")
+    missing = sorted({rel for rel in found if rel not in declared})
+    if not missing:
+        return ""
+    return (f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} in the project but "
+            "not in the run's sandbox, which holds only what the recipe declares: add "
+            f"{'it' if len(missing) == 1 else 'them'} to [code] include (and `git add`: in a "
+            "git repository only tracked files count), or declare data under [data]")
+
+
+def _execute(p: Plan, runner: Runner, *, place: bool, keep: bool) -> RunResult:
+    from builder.sandbox import place as put  # noqa: PLC0415
+    from builder.sandbox import read_output, sandbox  # noqa: PLC0415
+
     project, recipe, train = p.project, p.recipe, p.train
     store = project.store
-    for out in [*train.outputs, *([train.metrics] if train.metrics else [])]:
-        if (recipe.root / out).is_dir() and not (recipe.root / out).is_symlink():
-            raise InputError(f"{recipe.path}: the declared output {out} is a directory in "
-                             f"{recipe.root}; outputs are files",
-                             hint="declare the files inside it, or write an archive of it")
-        (recipe.root / out).unlink(missing_ok=True)  # a stale file must not pass as this run's
     runtime, runtime_digest = runtime_dir(store)
     argv = render_command(recipe, train, p.seed, p.params)
-    log.info("Running %s (seed %d, run key %s): %s", recipe.name, p.seed, p.key[7:19],
-             _shown(argv))
-    with store.scratch() as tmp:
-        params_file = tmp / "params.json"
-        params_file.write_text(json.dumps(p.params, sort_keys=True))
+    secrets = passed_env(train)
+    with sandbox(project, keep=keep) as box:
+        if box.level == "off":  # the project is the working folder: a stale file must go
+            for out in [*train.outputs, *([train.metrics] if train.metrics else [])]:
+                (recipe.root / out).unlink(missing_ok=True)  # (check_outputs refused folders)
+        log.info("Running %s (seed %d, run key %s, sandbox %s): %s", recipe.name, p.seed,
+                 p.key[7:19], box.level, _shown(argv))
+        (box.repro / "params.json").write_text(json.dumps(p.params, sort_keys=True))
         variables = seeded_env(p)
-        job = Job(argv, variables, recipe.root, runtime, params_file,
-                  recipe.root / train.metrics if train.metrics else None, train.outputs)
+        job = Job(argv, variables, secrets, box, runtime, train.metrics, train.outputs)
         started, clock = _now(), time.perf_counter()
         code, tail = runner.execute(job)
         duration = round(time.perf_counter() - clock, 3)
-    code_state = project.code
-    record = RunRecord(
-        run_key=p.key,
-        recipe=RecipeRef(recipe.name, recipe.digest(), recipe.reproducibility.standard),
-        env=p.env_id,
-        code=CodeFacts(code_state.digest, code_state.files, code_state.commit, code_state.dirty),
-        data={d.name: DataFacts(d.path, project.data[d.name]) for d in recipe.data},
-        command=tuple(argv),
-        params=p.params,
-        seed=p.seed,
-        variables=variables,
-        hardware=project.hardware,
-        hardware_class=p.hardware_class,
-        software=runner.software(runtime_digest),
-        started=started,
-        ended=_now(),
-        duration=duration,
-        exit_status=code,
-        runner=p.runner,
-        key_format=KEY_FORMAT,
-    )
-    if code != 0:
-        _fail(project, record, f"the training command exited with status {code}:\n"
-                               f"{tail.rstrip()}",
-              hint="fix the command or the code; nothing was stored as a success")
-    outputs = []
-    for out in train.outputs:
-        path = recipe.root / out
-        if path.is_dir() and not path.is_symlink():
-            _fail(project, record, f"the declared output {out} is a directory; outputs are files",
-                  hint=f"write a file at {out} (an archive of the folder), or list the files "
-                       "in it in train.outputs", exit_code=EXIT_INPUT)
-        if not path.is_file():
-            _fail(project, record, f"the command did not produce the declared output {out}",
-                  hint=f"write {out} (relative to {recipe.root}), or fix train.outputs")
-        outputs.append(Output(out, hashing.file_digest(path), path.stat().st_size))
-    metrics = _read_metrics(project, record, recipe.root / train.metrics) \
-        if train.metrics else {}
-    record = _with(record, outputs=tuple(outputs), metrics=metrics)
-    objects = {o.path: str(store.blobs.put_file(recipe.root / o.path, o.digest))
-               for o in record.outputs}
-    digest = store.records.add(record)
-    return RunResult(digest, record, cached=False, objects=objects)
+        tail = _redact(tail, secrets)
+        code_state = project.code
+        record = RunRecord(
+            run_key=p.key,
+            recipe=RecipeRef(recipe.name, recipe.digest(), recipe.reproducibility.standard),
+            env=p.env_id,
+            code=CodeFacts(code_state.digest, code_state.files, code_state.commit,
+                           code_state.dirty),
+            data={d.name: DataFacts(d.path, project.data[d.name]) for d in recipe.data},
+            command=tuple(argv),
+            params=p.params,
+            seed=p.seed,
+            variables=variables,
+            hardware=project.hardware,
+            hardware_class=p.hardware_class,
+            software=runner.software(runtime_digest),
+            started=started,
+            ended=_now(),
+            duration=duration,
+            exit_status=code,
+            runner=p.runner,
+            key_format=KEY_FORMAT,
+            sandbox=box.level if p.runner != "image" or box.level == "off" else "image",
+            network=runner.reaches_network(box),
+            pass_env=tuple(train.pass_env),
+        )
+        if code != 0:
+            _fail(project, record, f"the training command exited with status {code}:\n"
+                                   f"{tail.rstrip()}",
+                  hint=_missing_hint(project, tail)
+                  or "fix the command or the code; nothing was stored as a success")
+        made = {}
+        for out in train.outputs:
+            try:
+                path = read_output(box, out)
+            except InputError as exc:
+                _fail(project, record, exc.message, hint=exc.hint, exit_code=EXIT_INPUT)
+            if not path.is_file():
+                _fail(project, record, f"the command did not produce the declared output {out}",
+                      hint=f"write {out} (relative to the project folder), or fix "
+                           "train.outputs")
+            made[out] = path
+        outputs = tuple(Output(out, hashing.file_digest(path), path.stat().st_size)
+                        for out, path in made.items())
+        metrics_file = read_output(box, train.metrics) if train.metrics else None
+        metrics = _read_metrics(project, record, metrics_file) if metrics_file else {}
+        record = _with(record, outputs=outputs, metrics=metrics)
+        objects = {o.path: str(store.blobs.put_file(made[o.path], o.digest)) for o in outputs}
+        digest = store.records.add(record)
+        if place and box.level != "off":
+            for o in outputs:
+                put(project.root, o.path, Path(objects[o.path]))
+            if metrics_file is not None and train.metrics:
+                put(project.root, train.metrics, metrics_file)
+    return RunResult(digest, record, cached=False, objects=objects,
+                     sandbox=box.root if keep else None)
 
 
 def _with(record: RunRecord, **changes: Any) -> RunRecord:
@@ -287,18 +384,27 @@ def _with(record: RunRecord, **changes: Any) -> RunRecord:
     return replace(record, **changes)
 
 
+def _not_a_number(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a finite number (a diverged training?)")
+
+
 def _read_metrics(project: Project, record: RunRecord, path: Path) -> dict[str, Any]:
     try:
-        metrics = json.loads(path.read_text())
+        metrics = json.loads(path.read_text(), parse_constant=_not_a_number)
     except FileNotFoundError:
         _fail(project, record, f"the command did not write its metrics file {path.name}",
               hint="write it (builder.runtime.log_metrics does), or drop train.metrics")
     except (ValueError, UnicodeDecodeError) as exc:
-        _fail(project, record, f"the metrics file {path} is not valid JSON: {exc}",
+        _fail(project, record, f"the metrics file {path.name} is not valid JSON: {exc}",
               hint="write a JSON object of metric names to numbers")
     if not isinstance(metrics, dict):
-        _fail(project, record, f"the metrics file {path} holds {type(metrics).__name__}, "
+        _fail(project, record, f"the metrics file {path.name} holds {type(metrics).__name__}, "
                                "not a JSON object", hint='write {"accuracy": 0.9, …}')
+    try:
+        hashing.canonical_json(metrics)
+    except InputError as exc:
+        _fail(project, record, f"the metrics file {path.name} holds a number a record cannot: "
+                               f"{exc.message}", hint="write metrics as floats (or strings)")
     return metrics
 
 
@@ -315,50 +421,63 @@ def restore_outputs(project: Project, outputs: Sequence[Output]) -> dict[str, st
     Raises:
         StoreError: an output's blob is missing from the store.
     """
-    from builder.errors import StoreError  # noqa: PLC0415
+    from builder.sandbox import place  # noqa: PLC0415
 
     blobs = project.store.blobs
+    declared = set(train_of(project.recipe).outputs)
     objects = {}
     for out in outputs:
+        if out.path not in declared:  # a record from elsewhere: its paths are not trusted
+            raise StoreError(f"a stored record names the output {out.path!r}, which "
+                             f"{project.recipe.path} does not declare; nothing was restored")
         obj = blobs.path(out.digest)
         objects[out.path] = str(obj)
         target = project.root / out.path
-        if target.is_file() and target.stat().st_size == out.size \
+        if target.is_file() and not target.is_symlink() and target.stat().st_size == out.size \
                 and hashing.file_digest(target) == out.digest:
             continue
         if not obj.is_file():
             raise StoreError(f"the store has no blob for output {out.path} ({out.digest}); "
                              f"expected at {obj}", obj,
                              hint="train again with `repro run --no-cache`")
-        with replacing(target) as tmp:
-            shutil.copyfile(obj, tmp)
+        place(project.root, out.path, obj)
     return objects
 
 
-def evaluate(project: Project, runner: Runner) -> dict[str, Any]:
-    """Run `[reproducibility] evaluate` in the environment on the outputs now in the project.
+EVALUATION = ".repro-evaluation.json"  # where an evaluate command's metrics go, in its sandbox
+
+
+def evaluate(project: Project, runner: Runner, outputs: Sequence[Output]) -> dict[str, Any]:
+    """Run `[reproducibility] evaluate` in a sandbox holding the code, the data and these
+    outputs (from the store); the project is not touched.
 
     Returns the metrics it writes to REPRO_METRICS_FILE (builder.runtime.log_metrics does).
 
     Raises:
         BuildError: the command fails or writes no JSON object of metrics.
+        StoreError: an output's blob is not in the store.
     """
+    from builder.sandbox import sandbox  # noqa: PLC0415
+
     recipe, store = project.recipe, project.store
     argv = list(recipe.reproducibility.evaluate)
     runtime, _ = runtime_dir(store)
     runner.prepare()
+    for out in outputs:
+        if not store.blobs.has(out.digest):
+            raise StoreError(f"the store has no blob for output {out.path} ({out.digest}) to "
+                             "evaluate", store.blobs.path(out.digest))
     log.info("Evaluating %s: %s", recipe.name, " ".join(argv))
-    with store.scratch() as tmp:
-        metrics_file = tmp / "evaluation.json"
-        params_file = tmp / "params.json"
-        params_file.write_text("{}")
-        code, tail = runner.execute(Job(argv, {}, recipe.root, runtime, params_file,
-                                        metrics_file))
+    extra = [(store.blobs.path(o.digest), o.path) for o in outputs]
+    with sandbox(project, extra=extra) as box:
+        (box.repro / "params.json").write_text("{}")
+        code, tail = runner.execute(Job(argv, {}, passed_env(train_of(recipe)), box, runtime,
+                                        EVALUATION))
         if code != 0:
             raise BuildError(f"the evaluation command exited with status {code}:\n{tail}",
-                             hint="fix reproducibility.evaluate")
+                             hint=_missing_hint(project, tail) or "fix reproducibility.evaluate")
         try:
-            metrics = json.loads(metrics_file.read_text())
+            metrics = json.loads((box.work / EVALUATION).read_text())
         except (OSError, ValueError) as exc:
             raise BuildError(f"the evaluation command wrote no JSON metrics: {exc}",
                              hint="write them with builder.runtime.log_metrics") from exc

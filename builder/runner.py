@@ -22,6 +22,7 @@ from builder.store import Store, atomic_write
 if TYPE_CHECKING:
     from builder.env import BuildResult
     from builder.project import Project
+    from builder.sandbox import Sandbox
 
 RUNTIME_FILES = ("runtime.py", "tensordiff.py")
 
@@ -30,12 +31,12 @@ class Job(NamedTuple):
     """One command to execute, and everything it is given."""
 
     argv: list[str]
-    variables: dict[str, str]  # what repro sets (seed, params…): recorded
-    workdir: Path  # the folder the command runs in, on the host
+    variables: dict[str, str]  # what repro sets (seed, params, [train] env…): recorded
+    secrets: dict[str, str]  # `[train] pass-env` values from the caller: given, never recorded
+    box: Sandbox  # where it runs; box.repro/params.json holds the params
     runtime: Path  # a folder holding builder/runtime.py, for the PYTHONPATH
-    params_file: Path
-    metrics_file: Path | None = None  # where REPRO_METRICS_FILE points, on the host
-    outputs: tuple[str, ...] = ()  # declared outputs, relative to the workdir
+    metrics: str | None = None  # project-relative path of REPRO_METRICS_FILE
+    outputs: tuple[str, ...] = ()  # declared outputs, project-relative
 
 
 class Runner(Protocol):
@@ -51,6 +52,9 @@ class Runner(Protocol):
 
     def execute(self, job: Job) -> tuple[int, str]:
         """Run the job; its exit status and the tail of its output."""
+
+    def reaches_network(self, box: Sandbox) -> bool:
+        """Whether a command run in this sandbox can reach the network (for the record)."""
 
     def software(self, runtime_digest: str) -> Software:
         """The interpreter and packages a record names."""
@@ -97,18 +101,27 @@ class VenvRunner:
 
     def execute(self, job: Job) -> tuple[int, str]:
         from builder import env  # noqa: PLC0415
+        from builder.sandbox import data_binds  # noqa: PLC0415
 
-        host = {**env.activate(self.built.path), "PYTHONPATH": str(job.runtime),
-                "REPRO_PARAMS_FILE": str(job.params_file)}
-        if job.metrics_file is not None:
-            host["REPRO_METRICS_FILE"] = str(job.metrics_file)
-        return proc.tee(job.argv, env=proc.clean_env(job.variables | host), cwd=job.workdir)
+        box, venv = job.box, self.built.path
+        variables = {**box.environment([venv / "bin"]), "VIRTUAL_ENV": str(venv),
+                     **job.variables, **job.secrets, "PYTHONPATH": str(job.runtime),
+                     "REPRO_PARAMS_FILE": str(box.repro / "params.json")}
+        if job.metrics is not None:
+            variables["REPRO_METRICS_FILE"] = str(box.inside(job.metrics))
+        needed = [venv, job.runtime, *env.interpreter_prefix(venv)]
+        argv = box.wrap(job.argv, read_only=needed, data=data_binds(self.project))
+        return proc.supervised(argv, env=variables,
+                               cwd=box.root if box.level == "bwrap" else box.work)
 
     def software(self, runtime_digest: str) -> Software:
         from builder import env  # noqa: PLC0415
 
         manifest = env.read_manifest(self.built.path)
         return software(self.built.python, manifest.packages, manifest.pylock, runtime_digest)
+
+    def reaches_network(self, box: Sandbox) -> bool:
+        return box.network or box.level != "bwrap"  # only bwrap can hide it
 
     def python(self) -> Path:
         """The env's interpreter, for helpers run inside it (tensordiff)."""

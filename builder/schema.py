@@ -6,6 +6,8 @@ Every error carries the file, the line, the key path and a fix.
 from __future__ import annotations
 
 import datetime as dt
+import math
+import posixpath
 import re
 import tomllib
 from pathlib import Path, PurePosixPath
@@ -32,6 +34,8 @@ from builder.recipe import (
     line_text,
 )
 
+_EXACT = 2**53  # JSON numbers (and so RFC 8785 identities) are exact below this
+_YEAR_10000 = 253402300800  # the first second image timestamps (RFC 3339) cannot write
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _PYTHON = re.compile(r"^3\.\d+(\.\d+)?$")
 _ACCELERATOR = re.compile(r"^(cpu|cuda(-\d+(\.\d+)?)?|rocm(-\d+(\.\d+)?)?)$")
@@ -139,7 +143,8 @@ class Validator:
             )
         return str(value)
 
-    def integer(self, t: dict[str, Any], key: str, name: str, default: Any, low: int = 0) -> Any:
+    def integer(self, t: dict[str, Any], key: str, name: str, default: Any, low: int = 0,
+                high: int = _EXACT) -> Any:
         value = t.get(name, default)
         if value is default:
             return default
@@ -149,17 +154,29 @@ class Validator:
             )
         if value < low:
             raise self.error(f"{key}.{name}", f"`{key}.{name}` must be at least {low}")
+        if value >= high:
+            raise self.error(f"{key}.{name}", f"`{key}.{name}` must be less than {high}")
         return value
 
     def number(self, t: dict[str, Any], key: str, name: str) -> float | None:
         value = t.get(name)
         if value is None:
             return None
-        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0 \
+                or not math.isfinite(value):
             raise self.error(
-                f"{key}.{name}", f"`{key}.{name}` must be a number >= 0, not {value!r}"
+                f"{key}.{name}", f"`{key}.{name}` must be a number >= 0 (and finite), not {value!r}"
             )
         return float(value)
+
+    def json_number(self, key: str, value: Any) -> None:
+        """A number an identity can hold: finite, and an integer within ±2^53."""
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.error(key, f"`{key}` is {value!r}; identities hold finite numbers only")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _EXACT:
+            raise self.error(key, f"`{key}` = {value} is beyond ±2^53, which JSON numbers "
+                                  "(and so identities) cannot hold exactly",
+                             hint=f'write it as a string: {key.rsplit(".", 1)[-1]} = "{value}"')
 
     def strings(self, t: dict[str, Any], key: str, name: str, default: Any = ()) -> Any:
         if name not in t:
@@ -329,15 +346,28 @@ class Validator:
             raise self.error("image.base", f"`image.base` {base!r} is not an image reference",
                              hint='write "scratch" or "registry/name@sha256:<64 hex digits>"')
         workdir = self.string(t, key, "workdir", "/work")
-        if not workdir.startswith("/"):
-            raise self.error("image.workdir", f"`image.workdir` {workdir!r} must be absolute")
+        if not workdir.startswith("/") or ".." in PurePosixPath(workdir).parts \
+                or workdir != posixpath.normpath(workdir) or "\0" in workdir:
+            raise self.error("image.workdir", f"`image.workdir` {workdir!r} must be an absolute, "
+                                              "normal path (no `..`, no `//`)")
+        for i, arg in enumerate(t.get("entrypoint", [])):
+            if isinstance(arg, str):
+                self.no_nul(f"image.entrypoint[{i}]", arg)
+        for table in ("env", "labels"):
+            for name, text in self.string_table(t, key, table).items():
+                if table == "env":
+                    self.variable_name(f"image.env.{name}", name)
+                elif not name or "\0" in name:
+                    raise self.error(f"image.labels.{name}", "a label name must not be empty "
+                                                              "or hold a NUL character")
+                self.no_nul(f"image.{table}.{name}", text)
         return Image(
             base=base,
             workdir=workdir,
             entrypoint=self.strings(t, key, "entrypoint"),
             env=self.string_table(t, key, "env"),
             labels=self.string_table(t, key, "labels"),
-            mtime=self.integer(t, key, "mtime", 0),
+            mtime=self.integer(t, key, "mtime", 0, high=_YEAR_10000),
         )
 
     def code(self, value: Any) -> Code:
@@ -363,7 +393,8 @@ class Validator:
     def train(self, value: Any) -> Train:
         key = "train"
         t = self.table(value, key, ("command", "seed", "seeds", "params", "outputs", "metrics",
-                                    "env", "threads"))
+                                    "env", "threads", "sandbox", "network", "pass-env",
+                                    "not-secret"))
         command = self.strings(t, key, "command", ...)
         for i, arg in enumerate(command):
             self.no_nul(f"train.command[{i}]", arg)
@@ -374,11 +405,11 @@ class Validator:
             raise self.error("train.seeds", "give `train.seed` or `train.seeds`, not both")
         seeds = t.get("seeds", [t.get("seed", 0)])
         if (not isinstance(seeds, list) or not seeds
-                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < _EXACT
                            for s in seeds)):
             which = "seeds" if "seeds" in t else "seed"
             raise self.error(f"train.{which}", f"`train.{which}` must be a non-negative integer"
-                             + (" array" if which == "seeds" else ""))
+                             + (" array" if which == "seeds" else "") + " (below 2^53)")
         params = t.get("params", {})
         if not isinstance(params, dict):
             raise self.error("train.params", "`train.params` must be a table")
@@ -386,12 +417,15 @@ class Validator:
             self.variable_name(f"train.params.{name}", name)  # becomes REPRO_PARAM_<NAME>
             if isinstance(v, str):
                 self.no_nul(f"train.params.{name}", v)
+            self.json_number(f"train.params.{name}", v)
             if not isinstance(v, str | int | float | bool):
                 raise self.error(f"train.params.{name}",
                                  f"`train.params.{name}` must be a string, number or boolean, "
                                  f"not {_kind(v)}")
         outputs = self.strings(t, key, "outputs")
         metrics = self.string(t, key, "metrics", None)
+        pass_env = self.variable_names(t, key, "pass-env")
+        not_secret = self.variable_names(t, key, "not-secret")
         for i, out in enumerate([*outputs, *([metrics] if metrics else [])]):
             p = PurePosixPath(out)
             if p.is_absolute() or ".." in p.parts or not out:
@@ -404,15 +438,41 @@ class Validator:
             params=params,
             outputs=outputs,
             metrics=metrics,
-            env=self.environment_variables(t, key),
+            env=self.environment_variables(t, key, not_secret),
             threads=self.integer(t, key, "threads", None, low=1),
+            sandbox=self.boolean(t, key, "sandbox", True),
+            network=self.boolean(t, key, "network", False),
+            pass_env=pass_env,
+            not_secret=not_secret,
         )
 
-    def environment_variables(self, t: dict[str, Any], key: str) -> dict[str, str]:
+    def boolean(self, t: dict[str, Any], key: str, name: str, default: bool) -> bool:
+        value = t.get(name, default)
+        if not isinstance(value, bool):
+            raise self.error(f"{key}.{name}", f"`{key}.{name}` must be true or false, not "
+                                              f"{_kind(value)}")
+        return value
+
+    def variable_names(self, t: dict[str, Any], key: str, name: str) -> tuple[str, ...]:
+        names = self.strings(t, key, name)
+        for i, item in enumerate(names):
+            self.variable_name(f"{key}.{name}[{i}]", item)
+        return tuple(names)
+
+    def environment_variables(self, t: dict[str, Any], key: str,
+                              not_secret: tuple[str, ...]) -> dict[str, str]:
         env = self.string_table(t, key, "env")
         for name, value in env.items():
             self.variable_name(f"{key}.env.{name}", name)
             self.no_nul(f"{key}.env.{name}", value)
+            if looks_secret(name) and name not in not_secret:
+                raise self.error(
+                    f"{key}.env.{name}",
+                    f"`{key}.env.{name}` looks like a credential: its value would be written "
+                    "into every run record, the provenance export and the run key",
+                    hint=f'pass it from your environment instead: pass-env = ["{name}"] '
+                         f'(names recorded, values never); or, if it is no secret, '
+                         f'not-secret = ["{name}"]')
         return env
 
     def variable_name(self, key: str, name: str) -> None:
@@ -484,6 +544,14 @@ class Validator:
 _RECIPE_HINT = 'start the file with [recipe] name = "my-model" and schema = 1'
 
 
+_SECRET = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|_KEY$|^KEY$|CREDENTIAL", re.IGNORECASE)
+
+
+def looks_secret(name: str) -> bool:
+    """A variable named like a credential: *TOKEN*, *SECRET*, *PASSWORD*, *_KEY, …"""
+    return _SECRET.search(name) is not None
+
+
 def _kind(value: Any) -> str:
     names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number",
              list: "an array", dict: "a table"}
@@ -497,14 +565,23 @@ def load_recipe(path: Path) -> Recipe:
         RecipeError: the file is not TOML, or a key is unknown, missing or of the wrong type.
     """
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        raw = path.read_bytes()
+    except OSError as exc:
         raise RecipeError(path, f"cannot read the recipe: {exc}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise RecipeError(path, f"not UTF-8: byte {raw[exc.start]:#04x} cannot be decoded",
+                          line=line, hint="save the file as UTF-8") from exc
     return parse_recipe(text, path)
 
 
 def parse_recipe(text: str, path: Path) -> Recipe:
     """Validate recipe text; `path` names the file in errors and anchors relative paths."""
+    if text.startswith("\ufeff"):
+        raise RecipeError(path, "the file starts with a byte-order mark, which TOML does not "
+                                "allow", line=1, hint="save it as UTF-8 without a BOM")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -18,13 +18,17 @@
     store.buildah        buildah/                     buildah's storage (`run --in image`)
     store.scratch()      tmp/                         scratch space of commands in progress
     store.logs           logs/                        tracebacks of repro's own bugs (exit 4)
+    store.sandboxes      sandbox/<name>/              one private folder per run in progress
+                         sandbox/<name>.lock          held while its run lives
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -40,7 +44,9 @@ if TYPE_CHECKING:
     from builder.records import RunRecord
     from builder.verdicts import Verification
 
+log = logging.getLogger(__name__)
 MANIFEST = "repro-env.json"
+_DIGEST = re.compile(r"blake3:[0-9a-f]{64}")
 
 
 def default_home() -> Path:
@@ -205,8 +211,11 @@ class Envs:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def publish(self, staged: Path, env_id: str) -> Path:
-        """Move a finished staging folder to its final name in one rename."""
+        """Move a finished staging folder to its final name in one rename (a damaged env,
+        one without its manifest, is moved away first)."""
         final = self.path(env_id)
+        if final.exists() and not self.ready(env_id):
+            self.remove(env_id)
         os.rename(staged, final)
         return final
 
@@ -256,14 +265,31 @@ class Records:
         return RunRecord.decode(self.blobs.get(digest), self.blobs.path(digest))
 
     def for_key(self, run_key: str) -> str | None:
+        """The record digest that answers a run key, if any.
+
+        Raises:
+            StoreError: the pointer is not a record digest (damaged, or written by hand).
+        """
         path = self.root / "runs" / _hex(run_key)
-        return path.read_text().strip() if path.is_file() else None
+        if not path.is_file():
+            return None
+        text = path.read_text(errors="replace").strip()
+        if not _DIGEST.fullmatch(text):
+            raise StoreError(f"{path} should name a record (blake3:<64 hex>) but holds "
+                             f"{text[:80]!r}", path)
+        return text
 
     def of_recipe(self, recipe_name: str) -> list[str]:
         return _listing(self.root / "by-recipe" / recipe_name)
 
     def producing(self, artefact: str) -> list[str]:
         return _listing(self.root / "by-output" / _hex(artefact))
+
+    @contextlib.contextmanager
+    def locked(self, run_key: str) -> Iterator[None]:
+        """Hold one run key: concurrent runs of the same key wait, then answer from the store."""
+        with _file_lock(self.root / "locks" / f"run-{_hex(run_key)}.lock", -1):
+            yield
 
     def find(self, ref: str) -> str | None:
         """A record digest from a run key or record digest, whole or a prefix (8+ hex)."""
@@ -310,7 +336,13 @@ class Verifications:
         folder = self.root / recipe_name
         if not folder.is_dir():
             return []
-        return [Verification.decode(p.read_bytes(), p) for p in sorted(folder.glob("*.json"))]
+        found = []
+        for path in sorted(folder.glob("*.json")):
+            try:
+                found.append(Verification.decode(path.read_bytes(), path))
+            except (StoreError, OSError) as exc:
+                log.warning("skipped %s: %s", path, getattr(exc, "message", exc))
+        return found
 
 
 class Layers:
@@ -352,6 +384,64 @@ class Images:
         return self.root / recipe_name
 
 
+class Sandboxes:
+    """Private folders of runs in progress, each held by a lock file while its run lives."""
+
+    __slots__ = ("root",)
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @contextlib.contextmanager
+    def create(self, *, keep: bool = False) -> Iterator[Path]:
+        """A new, empty sandbox folder; removed afterwards unless `keep`."""
+        from filelock import FileLock  # noqa: PLC0415
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(dir=self.root, prefix="run-"))
+        lock = FileLock(folder.with_name(folder.name + ".lock"))
+        try:
+            with lock:
+                try:
+                    yield folder
+                finally:
+                    if not keep:
+                        remove_tree(folder)
+        finally:
+            if not keep:
+                Path(lock.lock_file).unlink(missing_ok=True)
+
+    def leftovers(self) -> list[Path]:
+        """Sandboxes whose run is gone (killed before it could clean up): their lock is free."""
+        from filelock import FileLock, Timeout  # noqa: PLC0415
+
+        if not self.root.is_dir():
+            return []
+        dead = []
+        for lock in self.root.glob("*.lock"):  # a lock whose sandbox is gone
+            if not lock.with_suffix("").exists():
+                with contextlib.suppress(Timeout), FileLock(lock, timeout=0):
+                    lock.unlink(missing_ok=True)
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            try:
+                with FileLock(folder.with_name(folder.name + ".lock"), timeout=0):
+                    dead.append(folder)
+            except Timeout:
+                continue
+        return dead
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a folder a command wrote, whatever modes it left (read-only folders too)."""
+    for dirpath, dirnames, _ in os.walk(path):
+        for name in dirnames:
+            full = os.path.join(dirpath, name)
+            if not os.path.islink(full):
+                with contextlib.suppress(OSError):
+                    os.chmod(full, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @dataclass(frozen=True)
 class Store:
     root: Path
@@ -387,6 +477,10 @@ class Store:
     @functools.cached_property
     def images(self) -> Images:
         return Images(self.root / "images")
+
+    @functools.cached_property
+    def sandboxes(self) -> Sandboxes:
+        return Sandboxes(self.root / "sandbox")
 
     @property
     def stat_cache(self) -> Path:

@@ -82,13 +82,15 @@ def causes(base: Baseline, runs: Sequence[BaselineRun], record: RunRecord,
     return found
 
 
-def _tensor_diff(project: Project, runner: VenvRunner, a: Path,
+def _tensor_diff(project: Project, runner: VenvRunner, name: str, a: Path,
                  b: Path) -> dict[str, Any] | None:
-    if a.suffix.lower() not in TENSOR_FORMATS or not a.is_file() or not b.is_file():
+    """Tensor by tensor, what differs between two files of one output (blobs in the store)."""
+    suffix = Path(name).suffix.lower()
+    if suffix not in TENSOR_FORMATS or not a.is_file() or not b.is_file():
         return None
     runtime, _ = runtime_dir(project.store)
     done = proc.run([str(runner.python()), "-m", "builder.tensordiff", str(a),
-                     str(b), a.suffix], env=proc.clean_env({"PYTHONPATH": str(runtime)}),
+                     str(b), suffix], env=proc.clean_env({"PYTHONPATH": str(runtime)}),
                     check=False)
     if done.returncode != 0:
         last = done.stderr.strip().splitlines()[-1:] or ["no output"]
@@ -114,8 +116,9 @@ def _output_checks(project: Project, runner: VenvRunner, base_run: BaselineRun,
             checks.append(OutputCheck(out.path, record.seed, out.digest, True, "identical",
                                       got.digest))
             continue
-        diff = _tensor_diff(project, runner, recipe.root / out.path,
-                            project.store.blobs.path(out.digest))
+        blobs = project.store.blobs
+        diff = _tensor_diff(project, runner, out.path, blobs.path(got.digest),
+                            blobs.path(out.digest))
         ok, detail = False, "bytes differ"
         if diff is None:
             detail += " (not a tensor format, or the baseline's file is not in this store)"
@@ -146,6 +149,13 @@ def _metric_checks(recipe: Recipe, base_values: Sequence[dict[str, Any]],
     checks: list[Check] = []
     for metric, tol in sorted(repro_.tolerance.items()):
         extra = [n.tolerance for n in repro_.nondeterminism if n.metric == metric]
+        for values in [*new_values, *base_values]:
+            if metric in values and (not isinstance(values[metric], int | float)
+                                     or isinstance(values[metric], bool)):
+                raise InputError(
+                    f"{recipe.path}: reproducibility.tolerance.{metric}: the metric is "
+                    f"{values[metric]!r}, not a number a tolerance can bound",
+                    hint=f"log {metric} as a number")
         for values in new_values:
             if metric not in values:
                 raise InputError(
@@ -209,8 +219,8 @@ def verify(project: Project, runner: VenvRunner, *, against: str | None = None,
         evaluated = []
         for entry in compared:  # evaluate the baseline's own outputs first
             if entry.evaluation is None:
-                run.restore_outputs(project, entry.outputs)
-                evaluated.append(replace(entry, evaluation=run.evaluate(project, runner)))
+                evaluated.append(replace(entry, evaluation=run.evaluate(project, runner,
+                                                                         entry.outputs)))
             else:
                 evaluated.append(entry)
         compared = evaluated
@@ -226,7 +236,8 @@ def verify(project: Project, runner: VenvRunner, *, against: str | None = None,
     results = []
     for seed in to_run:
         log.info("Verifying %s: re-running seed %d without the cache", recipe.name, seed)
-        results.append(run.run(project, runner, seed=seed, use_cache=False))
+        # a re-run leaves the project's working outputs alone: it is compared from the store
+        results.append(run.run(project, runner, seed=seed, use_cache=False, place=False))
     records = [r.record for r in results]
     found_causes = causes(base, mine, records[0], standard)
     checks: list[Check] = []
@@ -238,7 +249,7 @@ def verify(project: Project, runner: VenvRunner, *, against: str | None = None,
         checks += _metric_checks(recipe, [b.metrics for b in compared],
                                  [r.metrics for r in records])
     else:
-        evaluation = run.evaluate(project, runner)  # on the re-run's outputs
+        evaluation = run.evaluate(project, runner, records[0].outputs)  # the re-run's
         checks += _metric_checks(recipe, [b.evaluation or {} for b in compared], [evaluation])
     report = Verification(
         recipe=recipe.name,

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,11 +28,12 @@ __all__ = ["cli", "main"]
 
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911  (one per exit code)
     """Run the CLI; map every way it can end to a documented exit code."""
-    OUT.json = False
+    args = list(argv) if argv is not None else sys.argv[1:]
+    # usage errors happen before a command's flags are read: --json must hold for them too
+    OUT.json = "--json" in args[: args.index("--")] if "--" in args else "--json" in args
     _logging(quiet=False, verbose=False)
     try:
-        code = cli.main(args=list(argv) if argv is not None else None, prog_name="repro",
-                        standalone_mode=False)
+        code = cli.main(args=args, prog_name="repro", standalone_mode=False)
     except ReproError as exc:
         return _fail(exc.exit_code, type(exc).__name__, exc.message, exc.hint, exc)
     except click.exceptions.Exit as exc:
@@ -41,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911  (one per e
     except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
         return _fail(EXIT_INTERRUPTED, "Interrupted",
                      "interrupted; nothing half-built was left in the store", "", None)
+    except errors.Terminated as exc:
+        return _fail(128 + exc.signum, "Interrupted",
+                     f"terminated by signal {exc.signum}; the command's processes were ended "
+                     "and nothing half-built was left in the store", "", None)
     except (PipeClosed, BrokenPipeError):
         # `repro runs | head -1`: the reader is gone; say nothing more, as `cat` would.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -62,9 +68,11 @@ def _os_error(exc: OSError) -> int:
 
     where = f" ({exc.filename})" if exc.filename else ""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        place = "that device" if exc.filename else (
+            "the store ($REPRO_HOME), the project, or wherever standard output goes")
         return _fail(errors.EXIT_TOOL, "DiskFull", f"no space left on the device{where}",
-                     "free some space (`repro cache gc` removes unused environments); nothing "
-                     "half-written was kept", exc)
+                     f"free some space on {place} (`repro cache gc` removes what the store no "
+                     "longer needs); nothing half-written was kept", exc)
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return _fail(errors.EXIT_INPUT, "PermissionDenied",
                      f"permission denied{where}: {exc.strerror}",
@@ -102,13 +110,19 @@ def _bug(exc: BaseException) -> int:
 
 def _fail(code: int, kind: str, message: str, hint: str, exc: BaseException | None) -> int:
     if OUT.json:
-        click.echo(json.dumps({"error": {"type": kind, "message": message, "hint": hint},
-                               "exit_code": code}, sort_keys=True))
+        try:
+            click.echo(json.dumps({"error": {"type": kind, "message": message, "hint": hint},
+                                   "exit_code": code}, sort_keys=True))
+            sys.stdout.flush()
+        except OSError:  # standard output itself is what failed (a full disk, a closed pipe)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
     if exc is not None and log.isEnabledFor(logging.DEBUG):
         import traceback  # noqa: PLC0415
 
         traceback.print_exception(exc)
-    click.echo(f"error: {message}" + (f"\nhint: {hint}" if hint else ""), err=True)
+    with contextlib.suppress(OSError):
+        click.echo(f"error: {message}" + (f"\nhint: {hint}" if hint else ""), err=True)
     return code
 
 if __name__ == "__main__":

@@ -73,6 +73,10 @@ def build_cmd(recipe: str | None, machine: Any, offline: bool, locked: bool,
     if image:
         from pathlib import Path  # noqa: PLC0415
 
+        if push is not None:  # a bad reference is found before the build, not after it
+            from builder.registry import Reference  # noqa: PLC0415
+
+            Reference.parse(push)
         from builder.image.build import build_image  # noqa: PLC0415
 
         img = build_image(_project(recipe, _mode(locked, frozen), offline=offline,
@@ -83,7 +87,7 @@ def build_cmd(recipe: str | None, machine: Any, offline: bool, locked: bool,
                              f"  archive {img.archive}\n  {len(img.layers)} layers, "
                              f"{img.to_json()['cached_layers']} from the store")
         return
-    if output or push or load:
+    if output or push is not None or load:
         raise click.UsageError("--output, --push and --load go with --image")
     from builder.env import build  # noqa: PLC0415
 

@@ -32,11 +32,15 @@ from builder.cli.shell import (
 @click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE",
               help="Override a declared param (repeatable).")
 @click.option("--no-cache", is_flag=True, help="Train even if this run key is in the store.")
+@click.option("--keep-sandbox", is_flag=True,
+              help="Keep the run's private folder (what the command wrote besides its "
+                   "outputs) and print where it is.")
 @click.option("--in", "where", type=click.Choice(["venv", "image"]), default="venv",
               show_default=True, help="Run in the env's virtualenv, or inside its OCI image "
                                       "(through buildah; the image digest joins the run key).")
 def run_cmd(recipe: str | None, machine: Any, offline: bool, locked: bool, frozen: bool,
-            seed: int | None, params: tuple[str, ...], no_cache: bool, where: str) -> None:
+            seed: int | None, params: tuple[str, ...], no_cache: bool, keep_sandbox: bool,
+            where: str) -> None:
     """Train the recipe, or answer from the store if this exact run already succeeded.
 
     The run key covers the env id, code and data digests, command, params, seed, and the
@@ -46,7 +50,7 @@ def run_cmd(recipe: str | None, machine: Any, offline: bool, locked: bool, froze
 
     project = _project(recipe, _mode(locked, frozen), offline=offline, machine=machine)
     result = run(project, _runner(where, project), seed=seed, params=params,
-                 use_cache=not no_cache)
+                 use_cache=not no_cache, keep_sandbox=keep_sandbox)
     r = result.record
     lines = [f"{'cached' if result.cached else 'trained'}: run key {r.run_key}",
              f"  record   {result.record_digest}",

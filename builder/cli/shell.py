@@ -25,6 +25,7 @@ Exit codes:
   3    an external tool or a build step failed (or the disk is full)
   4    a bug in repro: the traceback is written to a log file, whose path is printed
   130  interrupted (Ctrl-C); nothing half-done is left in the store
+  143  terminated (SIGTERM; 129 for SIGHUP): the training's processes were ended too
   141  the output pipe closed early (repro runs | head -1)
 """
 log = logging.getLogger("builder")
@@ -101,6 +102,10 @@ def _sources(fn: Callable[..., Any]) -> Callable[..., Any]:
         links = find_links or tuple(
             p for p in os.environ.get("REPRO_FIND_LINKS", "").split(os.pathsep) if p
         )
+        for link in links:
+            if "://" not in link and not os.path.isdir(link):
+                raise click.BadParameter(f"{link} is not a folder", param_hint="--find-links "
+                                         "(or REPRO_FIND_LINKS)")
         return fn(*args, machine=MachineSources(links), **kwargs)
 
     return wrapper
@@ -127,8 +132,11 @@ class PipeClosed(Exception):
 
 def echo(text: str) -> None:
     """Write to standard output; a closed pipe ends the command quietly (exit 141)."""
+    import sys  # noqa: PLC0415
+
     try:
         click.echo(text)
+        sys.stdout.flush()  # a reader that leaves part-way is seen here, not at exit
     except BrokenPipeError:
         raise PipeClosed from None  # click would turn an OSError into exit 1
 

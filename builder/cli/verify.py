@@ -57,6 +57,9 @@ def verify_cmd(recipe: str | None, machine: Any, offline: bool, target: str | No
     from builder.runner import VenvRunner  # noqa: PLC0415
 
     project = _project(recipe, offline=offline, machine=machine)
+    if report_file and not Path(report_file).resolve().parent.is_dir():  # before training
+        raise click.BadParameter(f"{Path(report_file).resolve().parent} does not exist",
+                                 param_hint="--report")
     result = verify(project, VenvRunner(project), against=against, seeds=seeds)
     if report_file:
         Path(report_file).write_text(report.markdown(

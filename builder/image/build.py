@@ -225,7 +225,7 @@ def build_image(
         log.info("Loading into the Docker-compatible engine at %s",
                  os.environ.get("DOCKER_HOST", "the default socket"))
         load_archive(archive)
-    store.blobs.put(current.pylock_path.read_bytes())  # so records and provenance can cite it
+    store.blobs.put(current.pylock_bytes)  # so records and provenance can cite it
     return ImageResult(image.digest, image.config_digest, folder, archive, tag, arch, python,
                        described)
 

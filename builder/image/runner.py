@@ -1,14 +1,15 @@
 """`repro run --in image`: the recipe's command inside its OCI image, through buildah.
 
 No engine needed: `buildah from` the image layout, `buildah run --isolation chroot` with the
-data inputs, the params file and builder.runtime mounted read-only, then the declared outputs
-are read out of the container's own filesystem (`buildah mount`), so an output the command
-did not write is missing, as it is in a venv run.
+run's sandbox folder as the workdir, the data inputs, the params file and builder.runtime
+mounted read-only, and the network off (`--network none`) unless the recipe allows it. The
+outputs are read from the sandbox folder on the host, never through a symlink.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
@@ -19,6 +20,7 @@ from builder.image.build import SITE, ImageResult, build_image
 from builder.project import Project
 from builder.records import Software
 from builder.runner import Job, software
+from builder.sandbox import Sandbox
 
 _RUNTIME = "/opt/repro/runtime"
 _PARAMS = "/opt/repro/params.json"
@@ -62,15 +64,22 @@ class ImageRunner:
                             hint=exc.hint or "buildah could not run the image") from exc
 
     def execute(self, job: Job) -> tuple[int, str]:
-        recipe = self.project.recipe
+        from builder.sandbox import BASE_ENV, data_binds  # noqa: PLC0415
+
+        box, recipe = job.box, self.project.recipe
         work = PurePosixPath(recipe.image.workdir)
-        inside = {"PYTHONPATH": f"/{SITE}:{_RUNTIME}", "REPRO_PARAMS_FILE": _PARAMS}
-        if job.metrics_file is not None:
-            inside["REPRO_METRICS_FILE"] = str(work / job.metrics_file.relative_to(job.workdir))
-        mounts = [f"{job.runtime}:{_RUNTIME}:ro", f"{job.params_file}:{_PARAMS}:ro"]
-        for d in recipe.data:
-            host = (recipe.root / d.path).resolve()
-            mounts.append(f"{host}:{work / d.path if not Path(d.path).is_absolute() else host}:ro")
+        inside = {**BASE_ENV, "HOME": "/tmp", "TMPDIR": "/tmp",  # noqa: S108  (its own /tmp)
+                  **job.variables, **job.secrets,
+                  "PYTHONPATH": f"/{SITE}:{_RUNTIME}", "REPRO_PARAMS_FILE": _PARAMS}
+        if job.metrics is not None:
+            inside["REPRO_METRICS_FILE"] = str(work / job.metrics)
+        # The sandbox's folder is the workdir: the code (the same files as the image's top
+        # layer), the data read-only, and whatever the command writes, read back on the host
+        # without following any symlink the image holds.
+        mounts = [f"{box.work}:{work}:rw", f"{job.runtime}:{_RUNTIME}:ro",
+                  f"{box.repro / 'params.json'}:{_PARAMS}:ro"]
+        mounts += [f"{host}:{work / rel}:ro" for host, rel in data_binds(self.project)]
+        mounts += [f"{d.path}:{d.path}:ro" for d in recipe.data if Path(d.path).is_absolute()]
         argv = job.argv
         python = self.image.python
         if argv and argv[0] in ("python", "python3") and python:
@@ -82,22 +91,24 @@ class ImageRunner:
             try:
                 cmd = ["buildah", "--root", str(self.project.store.buildah), "--runroot",
                        str(runroot), "--storage-driver", "vfs", "run", "--isolation", "chroot",
-                       *(f"--env={k}={v}" for k, v in sorted((job.variables | inside).items())),
+                       *(f"--env={k}={v}" for k, v in sorted(inside.items())),
                        *(f"--volume={m}" for m in mounts), ctr, "--", *argv]
-                code, tail = proc.tee(cmd, env=proc.clean_env(), cwd=job.workdir)
-                rootfs = Path(self._buildah(runroot, "mount", ctr))
-                made = [*job.outputs]
-                if job.metrics_file is not None:
-                    made.append(str(job.metrics_file.relative_to(job.workdir)))
-                for out in made:
-                    inner = rootfs / str(work / out).lstrip("/")
-                    if inner.is_file():
-                        shutil.copyfile(inner, job.workdir / out)
-                return code, tail
+                if not self.reaches_network(box):
+                    # chroot isolation cannot take --network none; a network namespace of its
+                    # own around buildah does the same (root only)
+                    cmd = ["unshare", "--net", *cmd]
+                return proc.supervised(cmd, env=proc.clean_env(), cwd=box.root)
             finally:
                 self._buildah(runroot, "rm", ctr)
         finally:
             shutil.rmtree(runroot, ignore_errors=True)
+
+    def reaches_network(self, box: Sandbox) -> bool:
+        """Whether the command can reach the network: hidden unless the recipe allows it,
+        where a network namespace can be made (as root, with util-linux's unshare)."""
+        if box.network or box.level == "off":
+            return True
+        return not (os.geteuid() == 0 and shutil.which("unshare") is not None)
 
     def software(self, runtime_digest: str) -> Software:
         current = self.project.lock

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from builder import hashing
 from builder.image import layout, tarball
 from tests.conftest import MACHINE_WHEELS, ROOT, committed_baseline_runs
 from tests.func import bases
@@ -286,3 +287,43 @@ def test_a_run_in_the_image_reads_its_lock_once(
     assert cli.main(["run", "--in", "image", "-r", str(project), "-q"]) == 0, \
         capsys.readouterr().err
     assert reads == ["digits-logreg"]  # the image, the key, the run and the record
+
+
+def test_an_image_output_that_is_a_symlink_to_a_host_file_is_refused_unread(
+    project: Path, python_base: tuple[Path, str], tmp_path: Path, isolated: Path,
+) -> None:
+    base_layout, digest = python_base
+    with_base(project, f"oci:{base_layout}@{digest}")
+    secret = tmp_path / "host-secret.txt"
+    secret.write_text("the host's secret 4f1c9e")
+    train = project / "train.py"
+    train.write_text(train.read_text().replace(
+        "    save_npz(args.out, {",
+        f"    __import__('os').symlink({str(secret)!r}, args.out)\n    save_npz('elsewhere.npz', {{"))
+    before = {p.name: p.read_bytes() for p in project.iterdir() if p.is_file()}
+    r = repro("run", "--in", "image", cwd=project)
+    assert r.code == 2, r.err
+    assert "the declared output model.npz was written as (or through) the symlink model.npz" \
+        in r.err
+    assert {p.name: p.read_bytes() for p in project.iterdir() if p.is_file()} == before
+    leaked = [p for p in isolated.rglob("*") if p.is_file() and not p.is_symlink()
+              and b"4f1c9e" in p.read_bytes()]
+    assert leaked == []
+
+
+def test_an_image_run_writes_outputs_into_folders_the_project_lacks(
+    project: Path, python_base: tuple[Path, str],
+) -> None:
+    base_layout, digest = python_base
+    with_base(project, f"oci:{base_layout}@{digest}")
+    recipe = project / "repro.toml"
+    recipe.write_text(recipe.read_text().replace('outputs = ["model.npz"]',
+                                                 'outputs = ["out/model.npz"]')
+                      .replace('"--seed", "{seed}"]', '"--seed", "{seed}", "--out", '
+                                                      '"out/model.npz"]'))
+    assert not (project / "out").exists()
+    r = repro("run", "--in", "image", "--json", cwd=project)
+    assert r.code == 0, r.err
+    assert hashing.file_digest(project / "out" / "model.npz") == r.json["outputs"][0]["digest"]
+    shown = repro("show", "--json", cwd=project).json
+    assert (shown["sandbox"], shown["runner"]) == ("image", "image")

@@ -141,6 +141,7 @@ log_metrics(accuracy=float(((x @ m["w"] + m["b"]).argmax(1) == t[:, -1]).mean())
 def test_functional_runs_the_evaluation_on_the_reproduced_model(project: Path) -> None:
     gen(project, {"eval.py": EVAL})
     recipe = project / "repro.toml"
+    edit(recipe, 'include = ["train.py"]', 'include = ["train.py", "eval.py"]')  # its sandbox
     recipe.write_text(recipe.read_text().split("[reproducibility]")[0] +
                       '[reproducibility]\nstandard = "functional"\n'
                       'evaluate = ["python", "eval.py"]\n'

@@ -24,6 +24,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 def test_build_passes_exactly_its_flags_to_the_library(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated: Path,
+    tmp_path: Path,
 ) -> None:
     seen: dict[str, Any] = {}
 
@@ -33,7 +34,10 @@ def test_build_passes_exactly_its_flags_to_the_library(
         return env.BuildResult("blake3:" + "0" * 64, Path("/store/envs/0"), True, "3.11.7", 1)
 
     monkeypatch.setattr(env, "build", fake_build)
-    monkeypatch.setenv("REPRO_FIND_LINKS", "/w1:/w2")
+    w1, w2, flag = (tmp_path / n for n in ("w1", "w2", "flag"))
+    for folder in (w1, w2, flag):
+        folder.mkdir()
+    monkeypatch.setenv("REPRO_FIND_LINKS", f"{w1}:{w2}")
     code, out, _ = run(capsys, "build", "-r", str(ROOT), "--locked", "--offline", "--json")
     assert code == 0
     assert json.loads(out) == {"cached": True, "env": "blake3:" + "0" * 64, "packages": 1,
@@ -42,11 +46,15 @@ def test_build_passes_exactly_its_flags_to_the_library(
     assert seen["recipe"].path == ROOT / "repro.toml"
     assert seen["mode"] == "locked"
     assert seen["offline"] is True
-    assert seen["machine"] == MachineSources(("/w1", "/w2"))
+    assert seen["machine"] == MachineSources((str(w1), str(w2)))
     assert seen["store"] == Store(isolated)
     # a flag beats the environment
-    run(capsys, "build", "-r", str(ROOT), "--find-links", "/flag", "-q")
-    assert seen["machine"] == MachineSources(("/flag",))
+    run(capsys, "build", "-r", str(ROOT), "--find-links", str(flag), "-q")
+    assert seen["machine"] == MachineSources((str(flag),))
+    # a folder that is not there is bad input, before anything is built
+    code, _, err = run(capsys, "build", "-r", str(ROOT), "--find-links", "/nonexistent")
+    assert code == 2
+    assert "/nonexistent is not a folder" in err
     assert seen["mode"] == "auto"
 
 

@@ -112,6 +112,21 @@ abs = 0.001
         (HEAD + '[reproducibility]\nstandard = "functional"\ntolerance = { a = { abs = 1 } }\n', r"needs `reproducibility\.evaluate`"),
         (HEAD + '[reproducibility]\ntolerance = { acc = { abs = -1 } }\n', r"must be a number >= 0"),
         (HEAD + '[data]\ntrain = "data.csv"\n', r"`data\.train` must be a table(?s:.*)train = \{ path"),
+        # what identities and environments cannot hold
+        (HEAD + '[train]\ncommand = ["x"]\nparams = { lr = nan }\n', r"`train\.params\.lr` is nan; identities hold finite numbers only"),
+        (HEAD + '[train]\ncommand = ["x"]\nparams = { n = 9007199254740993 }\n', r"beyond ±2\^53(?s:.*)n = \"9007199254740993\""),
+        (HEAD + '[train]\ncommand = ["x"]\nseed = 9007199254740993\n', r"`train\.seed` must be a non-negative integer \(below 2\^53\)"),
+        (HEAD + '[reproducibility]\ntolerance = { acc = { abs = inf } }\n', r"must be a number >= 0 \(and finite\), not inf"),
+        (HEAD + '[train]\ncommand = ["x"]\nenv = { HF_TOKEN = "hf_1" }\n', r"`train\.env\.HF_TOKEN` looks like a credential(?s:.*)pass-env = \[\"HF_TOKEN\"\]"),
+        (HEAD + '[train]\ncommand = ["x"]\nenv = { AWS_SECRET_ACCESS_KEY = "x" }\n', r"looks like a credential"),
+        (HEAD + '[train]\ncommand = ["x"]\npass-env = ["A=B"]\n', r"`train\.pass-env\[0\]`: 'A=B' cannot name an environment variable"),
+        (HEAD + '[train]\ncommand = ["x"]\nsandbox = "no"\n', r"`train\.sandbox` must be true or false"),
+        (HEAD + '[train]\ncommand = ["x"]\nnetwork = 1\n', r"`train\.network` must be true or false"),
+        (HEAD + '[image]\nenv = { "A=B" = "1" }\n', r"`image\.env\.A=B`: 'A=B' cannot name an environment variable"),
+        (HEAD + '[image]\nlabels = { a = "x\\u0000" }\n', r"`image\.labels\.a` holds a NUL character"),
+        (HEAD + '[image]\nworkdir = "/work/../etc"\n', r"`image\.workdir` '/work/\.\./etc' must be an absolute, normal path"),
+        (HEAD + '[image]\nmtime = 99999999999999\n', r"`image\.mtime` must be less than 253402300800"),
+        ("\ufeff" + HEAD, r":1: the file starts with a byte-order mark"),
         # missing required parts
         ('[environment]\npython = "3.11"\n', r"missing the \[recipe\] section"),
         ('[recipe]\nname = "x"\n[environment]\npython = "3.11"\n', r"missing required key `recipe\.schema`"),
@@ -126,6 +141,28 @@ def test_bad_recipes_name_file_line_key_and_fix(text: str, match: str) -> None:
         parse(text)
     assert str(info.value).startswith("/proj/repro.toml")
     assert info.value.exit_code == 2
+
+
+def test_not_secret_lets_a_name_that_only_looks_like_a_credential_through() -> None:
+    r = parse(HEAD + '[train]\ncommand = ["x"]\nenv = { SORT_KEY = "name" }\n'
+                     'not-secret = ["SORT_KEY"]\npass-env = ["WANDB_API_KEY"]\n')
+    assert r.train is not None
+    assert dict(r.train.env) == {"SORT_KEY": "name"}
+    assert r.train.pass_env == ("WANDB_API_KEY",)
+    assert (r.train.sandbox, r.train.network) == (True, False)
+    # what a run may read or reach is identity; which credentials it gets is not
+    other = parse(HEAD + '[train]\ncommand = ["x"]\nenv = { SORT_KEY = "name" }\n'
+                         'not-secret = ["SORT_KEY"]\npass-env = ["HF_TOKEN"]\n')
+    assert other.digest() == r.digest()
+    assert parse(HEAD + '[train]\ncommand = ["x"]\nsandbox = false\n').digest() != \
+        parse(HEAD + '[train]\ncommand = ["x"]\n').digest()
+
+
+def test_a_recipe_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "repro.toml"
+    path.write_bytes(HEAD.encode() + b'description = "caf\xe9"\n')
+    with pytest.raises(RecipeError, match=r"repro\.toml:7: not UTF-8: byte 0xe9"):
+        load_recipe(path)
 
 
 def test_digest_ignores_comments_order_sources_and_descriptions() -> None:
