@@ -51,6 +51,7 @@ def text(report: Verification) -> str:
         lines.append(_inputs_only(report))
     lines += [f"declared nondeterminism: {n['source']} ({n['reason']})"
               for n in report.nondeterminism]
+    lines += [f"note: {note}" for note in report.notes]
     lines.append(f"time to reproduce {report.duration:.2f}s (baseline "
                  f"{report.baseline_duration:.2f}s)")
     return "\n".join(lines)
@@ -78,6 +79,8 @@ def markdown(report: Verification, history: Sequence[Verification]) -> str:
             + (f", abs ≤ {n['abs']}" if n["abs"] is not None else "")
             + (f", rel ≤ {n['rel']}" if n["rel"] is not None else "")
             for n in report.nondeterminism] or ["None declared."]
+    if report.notes:
+        out += ["", "## Not covered by any identity", "", *(f"- {n}" for n in report.notes)]
     out += ["", "## Time to reproduce", "",
             f"{report.duration:.2f}s, baseline {report.baseline_duration:.2f}s", ""]
     if history:

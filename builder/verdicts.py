@@ -190,6 +190,7 @@ class Verification:
     duration: float
     baseline_duration: float
     started: str
+    notes: tuple[str, ...] = ()  # what the run key cannot vouch for (network, no sandbox)
 
     @property
     def reproduced(self) -> bool:
@@ -200,7 +201,7 @@ class Verification:
                 "causes": [plain(c) for c in self.causes],
                 "checks": [c.to_json() for c in self.checks],
                 "runs": [plain(r) for r in self.runs],
-                "nondeterminism": list(self.nondeterminism)}
+                "nondeterminism": list(self.nondeterminism), "notes": list(self.notes)}
 
     def encode(self) -> bytes:
         return hashing.canonical_json(self.to_json())
@@ -225,7 +226,7 @@ class Verification:
                        tuple(Cause(**c) for c in d["causes"]), tuple(checks),
                        tuple(VerifiedRun(**r) for r in d["runs"]),
                        tuple(d["nondeterminism"]), float(d["duration"]),
-                       float(d["baseline_duration"]), d["started"])
+                       float(d["baseline_duration"]), d["started"], tuple(d.get("notes", ())))
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"{path} is not a verification report repro can read: "
                              f"{why(exc)}",

@@ -177,6 +177,21 @@ def _metric_checks(recipe: Recipe, base_values: Sequence[dict[str, Any]],
     return checks
 
 
+def _unvouched(record: RunRecord) -> list[str]:
+    """What the re-run could depend on that no identity covers: sources of drift to name."""
+    notes = []
+    if record.network:
+        notes.append("the run could reach the network: what it fetched is in no identity, so "
+                     "a change there is drift nothing here can name")
+    if record.sandbox == "off":
+        notes.append("the run was not sandboxed ([train] sandbox = false): it could read "
+                     "project files the recipe does not declare")
+    elif record.sandbox == "folder":
+        notes.append("the run had only a folder sandbox (no bubblewrap): absolute paths "
+                     "reached the machine")
+    return notes
+
+
 def _baseline(project: Project, against: str | None) -> tuple[Baseline, str]:
     recipe, records = project.recipe, project.store.records
     if against is None:
@@ -266,6 +281,7 @@ def verify(project: Project, runner: VenvRunner, *, against: str | None = None,
         duration=round(sum(r.duration for r in records), 3),
         baseline_duration=round(sum(b.duration for b in compared), 3),
         started=started.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        notes=tuple(_unvouched(records[0])),
     )
     project.store.verifications.add(report)
     return report

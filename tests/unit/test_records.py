@@ -104,6 +104,7 @@ def test_v1_verifications_read_and_round_trip() -> None:
     assert [c.kind for c in report.causes] == [c["kind"] for c in old["causes"]]
     written = report.to_json()
     assert written.pop("schema") == "repro.verify/v2"
+    assert written.pop("notes") == []  # v2: what no identity covers (none said in v1)
     assert written == {k: v for k, v in old.items() if k != "schema"}  # the same fields
     assert Verification.decode(report.encode(), V1) == report
 

@@ -111,3 +111,11 @@ def test_reports_say_the_verdict_causes_and_history() -> None:
     assert "| seed | seed 1 → 2 |" in md
     assert "- **gpu**: atomics, abs ≤ 1e-06" in md
     assert "`▁▃█`" in md
+
+
+def test_verify_names_what_no_identity_covers() -> None:
+    assert verify._unvouched(record(sandbox="bwrap", network=False)) == []
+    notes = verify._unvouched(record(sandbox="off", network=True))
+    assert notes[0].startswith("the run could reach the network")
+    assert "[train] sandbox = false" in notes[1]
+    assert "folder sandbox" in verify._unvouched(record(sandbox="folder", network=True))[1]
