@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -11,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from builder import __version__, lock, proc, pylock
-from builder.errors import BuildError, InputError, ToolError
+from builder import __version__, faults, lock, proc, pylock, seal
+from builder.errors import BuildError, InputError, StoreError, ToolError
 from builder.records import EnvManifest
 from builder.resolve import source_args
 from builder.store import MANIFEST, atomic_write
@@ -52,22 +53,54 @@ def build(project: Project) -> BuildResult:
     """
     started = time.perf_counter()
     current = project.lock
-    envs = project.store.envs
+    store = project.store
+    envs = store.envs
     env_id = current.env_id
-    if envs.ready(env_id):
+    envs.use(env_id)  # in use from here: gc leaves it alone (or has removed it already)
+    if envs.ready(env_id) and _intact(project, env_id):
         envs.touch(env_id)
         return _result(project, cached=True, started=started)
     with envs.locked(env_id):
-        if envs.ready(env_id):  # another process built it while we waited
+        if envs.ready(env_id) and _intact(project, env_id):  # built while we waited
             return _result(project, cached=True, started=started)
         log.info("Building %s env %s (%d packages)", project.recipe.name, env_id[7:19],
                  len(current.packages))
         with envs.staging(env_id) as staging:
             venv = staging / "env"
             _install(project, venv)
-            _write_manifest(project, venv)
+            _write_manifest(project, venv, seal.seal(venv))
+            faults.point("env-before-publish")
             envs.publish(venv, env_id)
     return _result(project, cached=False, started=started)
+
+
+def tampered(project: Project, env_id: str) -> str | None:
+    """Why the env is not as it was sealed (sizes, mtimes, modes or entries differ), or None.
+    An env built before sealing is sealed now, as it is."""
+    path = project.store.envs.path(env_id)
+    manifest = read_manifest(path)
+    if manifest.fingerprint is None:
+        log.info("Sealing env %s (built before repro sealed environments)", env_id[7:19])
+        atomic_write(path / MANIFEST, dataclasses.replace(
+            manifest, **seal.seal(path)._asdict()).encode())
+        return None
+    if seal.fingerprint(path) != manifest.fingerprint:
+        return (f"the environment {path} was changed after it was built: files were edited, "
+                "added or removed")
+    return None
+
+
+def _intact(project: Project, env_id: str) -> bool:
+    """Whether the env can be used; a tampered one is set aside (rebuilt by the caller)."""
+    try:
+        why = tampered(project, env_id)
+    except StoreError as exc:
+        why = exc.message
+    if why is None:
+        return True
+    moved = project.store.envs.set_aside(env_id)
+    log.warning("%s; it was moved to %s and is built again", why, moved)
+    return False
 
 
 def _install(project: Project, venv: Path) -> None:
@@ -88,7 +121,12 @@ def _install(project: Project, venv: Path) -> None:
         raise
     requirements = venv.parent / "requirements.txt"
     requirements.write_text(pylock.requirements_txt(current.packages))
+    faults.point("env-installing")
+    # Copies, not hard links into uv's cache (sealing, or a tampered file, would reach the
+    # cache; uv's `clone` falls back to hard links on ext4); bytecode compiled now, so a
+    # read-only env imports fast and gains no files at run time.
     argv = [proc.uv_bin(), "--no-config", "pip", "sync", "--quiet", "--require-hashes",
+            "--link-mode=copy", "--compile-bytecode",
             "--python", str(venv / "bin" / "python"), *source_args(recipe, project.machine),
             str(requirements)]
     if offline:
@@ -111,7 +149,7 @@ def _install_hint(stderr: str, offline: bool) -> str:
     return "see the installer's message above"
 
 
-def _write_manifest(project: Project, venv: Path) -> None:
+def _write_manifest(project: Project, venv: Path, sealed: seal.Seal) -> None:
     recipe, current = project.recipe, project.lock
     cfg = (venv / "pyvenv.cfg").read_text()
     m = re.search(r"^version_info\s*=\s*(\S+)", cfg, re.MULTILINE)
@@ -123,6 +161,9 @@ def _write_manifest(project: Project, venv: Path) -> None:
         pylock=project.store.blobs.put(current.pylock_bytes),
         packages={p.name: p.version for p in current.packages},
         builder=__version__,
+        tree=sealed.tree,
+        fingerprint=sealed.fingerprint,
+        files=sealed.files,
     )
     atomic_write(venv / MANIFEST, manifest.encode())
 

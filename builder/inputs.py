@@ -7,6 +7,7 @@ import fnmatch
 import logging
 import os
 import sqlite3
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,6 +207,32 @@ def _untracked_code(recipe: Recipe, cache: StatCache, untracked: list[str]) -> N
                     "them" if len(matching) > 1 else "it", shown)
 
 
+def _contained(recipe: Recipe, name: str, root: Path, files: list[str]) -> None:
+    """A data folder must hold what a run reads: no symlink out of it (its digest would count
+    the link, not what it names, and a sandbox holds the folder alone), no pipe or device.
+
+    Raises:
+        InputError: the first that is not.
+    """
+    for rel in files:
+        path = root / rel
+        st = path.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                target = path.resolve(strict=True)
+            except (OSError, RuntimeError):
+                target = None
+            if target is None or not target.is_relative_to(root):
+                raise InputError(
+                    f"{recipe.path}: data.{name}: {path} links to {os.readlink(path)}, outside "
+                    "the input (or nowhere): its digest would not cover what it names, and a "
+                    "run's sandbox holds the input alone",
+                    hint="declare the target as a [data] input of its own, or copy it in")
+        elif not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{recipe.path}: data.{name}: {path} is neither a file nor a "
+                             "folder (a pipe, socket or device)", hint="remove it from the input")
+
+
 def data_digests(recipe: Recipe, cache: StatCache) -> dict[str, str]:
     """The digest of each `[data]` input: a file's contents, or a directory's Merkle digest.
 
@@ -226,7 +253,9 @@ def data_digests(recipe: Recipe, cache: StatCache) -> dict[str, str]:
         if path.is_file():
             out[entry.name] = cache.digest(path, path.stat())
         elif path.is_dir():
-            out[entry.name] = hashing.tree_digest(path, hashing.walk_files(path), cache.digest)
+            files = hashing.walk_files(path)
+            _contained(recipe, entry.name, path, files)
+            out[entry.name] = hashing.tree_digest(path, files, cache.digest)
         else:
             raise InputError(
                 f"{recipe.path}: data.{entry.name}: {path} does not exist",

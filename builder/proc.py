@@ -126,15 +126,68 @@ def call(
 
 def grace_seconds() -> float:
     """How long a command gets to end after SIGTERM before SIGKILL (REPRO_KILL_GRACE)."""
+    import math  # noqa: PLC0415
+
+    text = os.environ.get("REPRO_KILL_GRACE", "10")
     try:
-        return max(0.0, float(os.environ.get("REPRO_KILL_GRACE", "10")))
+        grace = float(text)
     except ValueError:
-        raise InputError(f"REPRO_KILL_GRACE={os.environ['REPRO_KILL_GRACE']!r} is not a "
-                         "number of seconds", hint="e.g. REPRO_KILL_GRACE=10") from None
+        grace = -1.0
+    if not math.isfinite(grace) or grace < 0:
+        raise InputError(f"REPRO_KILL_GRACE={text!r} is not a number of seconds >= 0",
+                         hint="e.g. REPRO_KILL_GRACE=10")
+    return grace
+
+
+def _follow(child: subprocess.Popen[bytes], tail_lines: int) -> str:
+    """Copy a child's output to our stderr as it comes; the last lines of it.
+
+    Ends at end of file, or once the child has exited and nothing more is waiting: a process
+    it left behind holding the pipe open cannot keep repro waiting.
+    """
+    import codecs  # noqa: PLC0415
+    import collections  # noqa: PLC0415
+    import select  # noqa: PLC0415
+
+    assert child.stdout is not None  # noqa: S101
+    fd = child.stdout.fileno()
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+    partial = ""
+
+    def take(chunk: bytes) -> None:
+        nonlocal partial
+        text = decoder.decode(chunk)
+        sys.stderr.write(text)
+        sys.stderr.flush()
+        *lines, partial = (partial + text).split("\n")
+        tail.extend(line + "\n" for line in lines)
+
+    while True:
+        if select.select([fd], [], [], 0.2)[0]:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            take(chunk)
+        elif child.poll() is not None:
+            while select.select([fd], [], [], 0)[0] and (chunk := os.read(fd, 1 << 16)):
+                take(chunk)
+            break
+    if partial:
+        tail.append(partial)
+    return "".join(tail)
 
 
 def _raise_terminated(signum: int, _frame: object) -> None:
     raise Terminated(signum)
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGHUP end a command as Ctrl-C does: cleanly, nothing half-done left."""
+    import signal  # noqa: PLC0415
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_terminated)
 
 
 def supervised(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path,
@@ -149,12 +202,12 @@ def supervised(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path,
         InputError: the command line is too long to start.
         KeyboardInterrupt, Terminated: repro was interrupted; the tree is gone.
     """
-    import collections  # noqa: PLC0415
     import signal  # noqa: PLC0415
     import threading  # noqa: PLC0415
 
     grace = grace_seconds()
-    command = [sys.executable, "-I", "-S", str(SUPERVISOR), str(grace), "--", *argv]
+    command = [sys.executable, "-I", "-S", str(SUPERVISOR), str(grace), str(os.getpid()), "--",
+               *argv]
     log.debug("$ %s", shlex.join(argv))
     previous = {}
     if threading.current_thread() is threading.main_thread():
@@ -166,15 +219,11 @@ def supervised(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as exc:
             raise _not_started(argv, exc, f"is {argv[0]} installed?", env) from exc
-        tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
         assert child.stdout is not None  # noqa: S101  (stdout=PIPE above)
         with child.stdout:
             try:
-                for raw in child.stdout:
-                    line = raw.decode(errors="replace")
-                    sys.stderr.write(line)
-                    tail.append(line)
-                return child.wait(), "".join(tail)
+                tail = _follow(child, tail_lines)
+                return child.wait(), tail
             except BaseException:
                 child.send_signal(signal.SIGTERM)  # the supervisor ends the tree
                 try:

@@ -25,8 +25,7 @@ def statement(store: Store, record_digest: str, record: RunRecord) -> dict[str, 
         StoreError: an output's blob is missing or damaged.
     """
     subjects = [{"name": o.path,
-                 "digest": {"sha256": hashing.sha256_digest(store.blobs.get(o.digest))
-                            .removeprefix("sha256:"),
+                 "digest": {"sha256": hashing.sha256_file(store.blobs.checked_path(o.digest)),
                             "blake3": _blake3(o.digest)}}
                 for o in record.outputs]
     code = record.code

@@ -237,6 +237,9 @@ class EnvManifest:
     pylock: str  # digest of the pylock.toml it installed (a blob in the store)
     packages: dict[str, str]
     builder: str  # the repro version that built it
+    tree: str | None = None  # seal.tree: every entry's content (None: built before sealing)
+    fingerprint: str | None = None  # seal.fingerprint: every entry's size and mtime
+    files: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": MANIFEST_SCHEMA, **plain(self)}
@@ -256,7 +259,8 @@ class EnvManifest:
             if d.get("schema", d.get("format")) not in (MANIFEST_SCHEMA, MANIFEST_V1):
                 raise ValueError(f"schema is {d.get('schema')!r}, not {MANIFEST_SCHEMA!r}")
             return cls(d["env"], d["recipe"], d["python"], d["platform"], d["pylock"],
-                       dict(d["packages"]), d["builder"])
+                       dict(d["packages"]), d["builder"], d.get("tree"), d.get("fingerprint"),
+                       d.get("files"))
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"{path} is not an environment manifest repro can read: "
                              f"{why(exc)}",

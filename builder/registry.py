@@ -7,13 +7,15 @@ loopback hosts, as Docker does; everything read is checked against its digest.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from builder.errors import InputError, RegistryError
 from builder.hashing import sha256_digest as sha256
@@ -24,6 +26,19 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 )
+MAX_DOCUMENT = 4 << 20  # a manifest, index or config: the OCI spec's 4 MiB
+
+
+def _bounded(stream: BinaryIO, limit: int, what: str) -> bytes:
+    """A response body read whole, but never more than `limit` bytes into memory."""
+    body = stream.read(limit + 1)
+    if len(body) > limit:
+        raise RegistryError(f"{what}: the answer is over {limit} bytes, more than a manifest "
+                            "or config may be", hint="the registry or the base is not what "
+                                                     "it should be; nothing was written")
+    return body
+
+
 _REFERENCE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)"
                         r"[a-z0-9]+)*)*(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?")
 _LOOPBACK = re.compile(r"^(localhost|127(\.\d+){3}|\[::1\])(:\d+)?$")
@@ -71,35 +86,67 @@ class Registry:
     def _url(self, path: str) -> str:
         return f"{self.scheme}://{self.host}/v2/{path}"
 
-    def _send(self, method: str, url: str, headers: dict[str, str],
-              data: bytes | None) -> tuple[int, dict[str, str], bytes]:
+    @contextlib.contextmanager
+    def _open(self, method: str, url: str, headers: dict[str, str],
+              data: bytes | BinaryIO | None) -> Iterator[tuple[int, dict[str, str], BinaryIO]]:
+        """One HTTP exchange: (status, headers, the body as a stream)."""
         if self.token:
             headers = {**headers, "Authorization": f"Bearer {self.token}"}
         request = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
-                return response.status, dict(response.headers), response.read()
+            response = urllib.request.urlopen(request, timeout=self.timeout)  # noqa: S310
         except urllib.error.HTTPError as exc:
             with exc:
-                return exc.code, dict(exc.headers), exc.read()
+                yield exc.code, dict(exc.headers), exc  # type: ignore[misc]
+            return
         except (urllib.error.URLError, OSError) as exc:
             raise RegistryError(f"cannot reach the registry {self.host}: {exc}",
                                 hint="check the address, or start the registry; no image was "
                                      "written") from exc
+        with response:
+            yield response.status, dict(response.headers), response
+
+    def _send(self, method: str, url: str, headers: dict[str, str],
+              data: bytes | BinaryIO | None,
+              limit: int = MAX_DOCUMENT) -> tuple[int, dict[str, str], bytes]:
+        with self._open(method, url, headers, data) as (status, reply, stream):
+            return status, reply, _bounded(stream, limit, f"{method} {url}")
+
+    @contextlib.contextmanager
+    def _authorised(self, method: str, path_or_url: str, headers: dict[str, str],
+                    data: bytes | BinaryIO | None, ok: tuple[int, ...],
+                    ) -> Iterator[tuple[dict[str, str], BinaryIO]]:
+        """An exchange that answered one of `ok` (after one anonymous token, if asked)."""
+        url = path_or_url if "://" in path_or_url else self._url(path_or_url)
+        with self._open(method, url, headers, data) as (status, reply, stream):
+            if status == 401 and self.token is None:
+                self.token = self._token(reply.get("WWW-Authenticate", reply.get(
+                    "Www-Authenticate", "")))
+            elif status in ok:
+                yield reply, stream
+                return
+            else:
+                raise RegistryError(f"{method} {url}: HTTP {status}: "
+                                    f"{stream.read(300)!r}",
+                                    hint="check the reference and your access to it")
+        if hasattr(data, "seek"):
+            data.seek(0)  # type: ignore[union-attr]
+        with self._open(method, url, headers, data) as (status, reply, stream):
+            if status not in ok:
+                raise RegistryError(f"{method} {url}: HTTP {status}: {stream.read(300)!r}",
+                                    hint="check the reference and your access to it")
+            yield reply, stream
 
     def request(self, method: str, path_or_url: str, *, headers: dict[str, str] | None = None,
-                data: bytes | None = None, ok: tuple[int, ...] = (200,),
-                ) -> tuple[dict[str, str], bytes]:
-        url = path_or_url if "://" in path_or_url else self._url(path_or_url)
-        status, reply, body = self._send(method, url, headers or {}, data)
-        if status == 401 and self.token is None:
-            self.token = self._token(reply.get("WWW-Authenticate", reply.get(
-                "Www-Authenticate", "")))
-            status, reply, body = self._send(method, url, headers or {}, data)
-        if status not in ok:
-            raise RegistryError(f"{method} {url}: HTTP {status}: {body[:300]!r}",
-                                hint="check the reference and your access to it")
-        return reply, body
+                data: bytes | BinaryIO | None = None, ok: tuple[int, ...] = (200,),
+                limit: int = MAX_DOCUMENT) -> tuple[dict[str, str], bytes]:
+        """An exchange whose body (at most `limit` bytes) is read whole.
+
+        Raises:
+            RegistryError: unreachable, refused, or a body over `limit`.
+        """
+        with self._authorised(method, path_or_url, headers or {}, data, ok) as (reply, body):
+            return reply, _bounded(body, limit, f"{method} {path_or_url}")
 
     def _token(self, challenge: str) -> str:
         """An anonymous bearer token for the challenge's realm, service and scope."""
@@ -127,13 +174,22 @@ class Registry:
         media = reply.get("Content-Type", "") or json.loads(body).get("mediaType", "")
         return body, media.split(";")[0]
 
-    def blob(self, repo: str, digest: str) -> bytes:
-        _, body = self.request("GET", f"{repo}/blobs/{digest}")
+    def blob(self, repo: str, digest: str, limit: int = MAX_DOCUMENT) -> bytes:
+        """A small blob (a config), read whole and checked."""
+        _, body = self.request("GET", f"{repo}/blobs/{digest}", limit=limit)
         if sha256(body) != digest:
             raise RegistryError(f"{self.host}/{repo}: blob {digest} arrived as {sha256(body)}")
         return body
 
-    def push_blob(self, repo: str, digest: str, data: bytes) -> None:
+    @contextlib.contextmanager
+    def blob_stream(self, repo: str, digest: str) -> Iterator[BinaryIO]:
+        """A blob's bytes as a stream (the caller checks their digest as it reads)."""
+        with self._authorised("GET", f"{repo}/blobs/{digest}", {}, None, (200,)) as (_, body):
+            yield body
+
+    def push_blob(self, repo: str, digest: str, data: bytes | BinaryIO,
+                  size: int | None = None) -> None:
+        """Upload a blob unless the registry has it; `data` may be a stream of `size` bytes."""
         status, _, _ = self._send("HEAD", self._url(f"{repo}/blobs/{digest}"), {}, None)
         if status == 200:
             return
@@ -142,9 +198,10 @@ class Registry:
         if location.startswith("/"):
             location = f"{self.scheme}://{self.host}{location}"
         joiner = "&" if "?" in location else "?"
+        length = len(data) if isinstance(data, bytes) else size
         self.request("PUT", f"{location}{joiner}digest={urllib.parse.quote(digest)}",
-                     headers={"Content-Type": "application/octet-stream"}, data=data,
-                     ok=(201,))
+                     headers={"Content-Type": "application/octet-stream",
+                              "Content-Length": str(length)}, data=data, ok=(201,))
 
     def push_manifest(self, repo: str, tag: str, data: bytes, media_type: str) -> str:
         self.request("PUT", f"{repo}/manifests/{tag}", headers={"Content-Type": media_type},

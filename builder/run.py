@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -11,9 +12,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
-from builder import hashing
+from builder import faults, hashing
+from builder.blobs import Blobs
 from builder.errors import (
     EXIT_INPUT,
     BuildError,
@@ -176,7 +178,7 @@ def plan(project: Project, runner: Runner, *, seed: int | None = None,
     return Plan(project, train, env_id, values, chosen, klass, runner.kind, key)
 
 
-def _answer(project: Project, key: str) -> tuple[str, RunRecord] | None:
+def _answer(project: Project, key: str, *, say: bool = True) -> tuple[str, RunRecord] | None:
     """The recorded success of a run key, if the store has one it can read."""
     records = project.store.records
     try:
@@ -185,7 +187,8 @@ def _answer(project: Project, key: str) -> tuple[str, RunRecord] | None:
             return None
         return found, records.get(found)
     except StoreError as exc:
-        log.warning("%s; training again", exc.message)
+        if say:
+            log.warning("%s; training again", exc.message)
         return None
 
 
@@ -202,11 +205,12 @@ def run(project: Project, runner: Runner, *, seed: int | None = None,
         InputError: an output overlaps data, code, the lock or the recipe, or is a symlink.
         RunFailed: the command failed, or an output or the metrics file is missing or bad.
     """
-    from builder.sandbox import check_outputs  # noqa: PLC0415
+    from builder.sandbox import asked_level, check_outputs  # noqa: PLC0415
 
+    asked_level()  # a typo in REPRO_SANDBOX is said on a cache hit too
     p = plan(project, runner, seed=seed, params=params)
     check_outputs(project)  # before anything in the project is touched
-    hit = _answer(project, p.key) if use_cache else None
+    hit = _answer(project, p.key, say=False) if use_cache else None
     if hit is None:
         with project.store.records.locked(p.key):
             hit = _answer(project, p.key) if use_cache else None
@@ -215,8 +219,16 @@ def run(project: Project, runner: Runner, *, seed: int | None = None,
                 return _execute(p, runner, place=place, keep=keep_sandbox)
             log.info("Another run of this key finished while this one waited")
     digest, record = hit
-    objects = restore_outputs(project, record.outputs) if place else \
-        {o.path: str(project.store.blobs.path(o.digest)) for o in record.outputs}
+    if not place:
+        return RunResult(digest, record, cached=True,
+                         objects={o.path: str(project.store.blobs.path(o.digest))
+                                  for o in record.outputs})
+    try:
+        objects = restore_outputs(project, record.outputs)
+    except StoreError as exc:  # never served (a damaged blob is quarantined): made again
+        log.warning("%s; training again", exc.message)
+        return run(project, runner, seed=seed, params=params, use_cache=False, place=place,
+                   keep_sandbox=keep_sandbox)
     return RunResult(digest, record, cached=True, objects=objects)
 
 
@@ -253,11 +265,32 @@ def passed_env(train: Train) -> dict[str, str]:
     return {name: os.environ[name] for name in train.pass_env if name in os.environ}
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+
+
+def _forms(value: str) -> set[str]:
+    """A secret as a command may print it: as it is, in either case, JSON- or repr-escaped,
+    URL-quoted, base64 (either alphabet), hex, and each line of a multi-line one. A command
+    set on leaking it can always encode it some other way; these are the ones that happen."""
+    import base64  # noqa: PLC0415
+    import urllib.parse  # noqa: PLC0415
+
+    raw = value.encode()
+    forms = {value, value.upper(), value.lower(), json.dumps(value)[1:-1], repr(value)[1:-1],
+             urllib.parse.quote(value), urllib.parse.quote_plus(value),
+             base64.b64encode(raw).decode().rstrip("="),
+             base64.urlsafe_b64encode(raw).decode().rstrip("="), raw.hex(), raw.hex().upper()}
+    forms |= {line for line in value.splitlines() if len(line) >= 4}
+    return {form for form in forms if len(form) >= 4}
+
+
 def _redact(text: str, secrets: dict[str, str]) -> str:
-    """The command's output with every pass-env value blotted out, before it is recorded."""
+    """The command's output with every pass-env value blotted out, before it is recorded
+    (terminal escape codes go first: one in a secret's middle would split it)."""
+    text = _ANSI.sub("", text)
     for name, value in secrets.items():
-        if len(value) >= 4:
-            text = text.replace(value, f"[{name}]")
+        for form in sorted(_forms(value), key=len, reverse=True):
+            text = text.replace(form, f"[{name}]")
     return text
 
 
@@ -300,8 +333,8 @@ def _missing_hint(project: Project, tail: str) -> str:
 
 
 def _execute(p: Plan, runner: Runner, *, place: bool, keep: bool) -> RunResult:
+    from builder.sandbox import from_file, placeable, read_output, sandbox  # noqa: PLC0415
     from builder.sandbox import place as put  # noqa: PLC0415
-    from builder.sandbox import read_output, sandbox  # noqa: PLC0415
 
     project, recipe, train = p.project, p.recipe, p.train
     store = project.store
@@ -346,9 +379,15 @@ def _execute(p: Plan, runner: Runner, *, place: bool, keep: bool) -> RunResult:
             network=runner.reaches_network(box),
             pass_env=tuple(train.pass_env),
         )
+        changed = runner.intact()
+        if changed is not None:  # never its key's answer: the next run rebuilds the env
+            _fail(project, record, f"{changed} while the command ran; the run is not recorded "
+                                   "as its key's answer",
+                  hint="a command must not write into its environment; run it again (the "
+                       "environment is rebuilt)")
         if code != 0:
-            _fail(project, record, f"the training command exited with status {code}:\n"
-                                   f"{tail.rstrip()}",
+            ended = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            _fail(project, record, f"the training command {ended}:\n{tail.rstrip()}",
                   hint=_missing_hint(project, tail)
                   or "fix the command or the code; nothing was stored as a success")
         made = {}
@@ -362,18 +401,22 @@ def _execute(p: Plan, runner: Runner, *, place: bool, keep: bool) -> RunResult:
                       hint=f"write {out} (relative to the project folder), or fix "
                            "train.outputs")
             made[out] = path
-        outputs = tuple(Output(out, hashing.file_digest(path), path.stat().st_size)
-                        for out, path in made.items())
+        faults.point("run-trained")
         metrics_file = read_output(box, train.metrics) if train.metrics else None
-        metrics = _read_metrics(project, record, metrics_file) if metrics_file else {}
+        metrics = _read_metrics(project, record, metrics_file, secrets) if metrics_file else {}
+        stored = {out: store.blobs.put_file(path) for out, path in made.items()}  # one read
+        outputs = tuple(Output(out, s.digest, s.size) for out, s in stored.items())
         record = _with(record, outputs=outputs, metrics=metrics)
-        objects = {o.path: str(store.blobs.put_file(made[o.path], o.digest)) for o in outputs}
+        objects = {o.path: str(store.blobs.path(o.digest)) for o in outputs}
         digest = store.records.add(record)
         if place and box.level != "off":
-            for o in outputs:
-                put(project.root, o.path, Path(objects[o.path]))
+            placed = [(o.path, made[o.path]) for o in outputs]
             if metrics_file is not None and train.metrics:
-                put(project.root, train.metrics, metrics_file)
+                placed.append((train.metrics, metrics_file))
+            for rel, _ in placed:  # all or nothing: every path checked before any is placed
+                placeable(project.root, rel)
+            for rel, source in placed:
+                put(project.root, rel, from_file(source))
     return RunResult(digest, record, cached=False, objects=objects,
                      sandbox=box.root if keep else None)
 
@@ -388,7 +431,8 @@ def _not_a_number(constant: str) -> Any:
     raise ValueError(f"{constant} is not a finite number (a diverged training?)")
 
 
-def _read_metrics(project: Project, record: RunRecord, path: Path) -> dict[str, Any]:
+def _read_metrics(project: Project, record: RunRecord, path: Path,
+                  secrets: dict[str, str]) -> dict[str, Any]:
     try:
         metrics = json.loads(path.read_text(), parse_constant=_not_a_number)
     except FileNotFoundError:
@@ -401,10 +445,16 @@ def _read_metrics(project: Project, record: RunRecord, path: Path) -> dict[str, 
         _fail(project, record, f"the metrics file {path.name} holds {type(metrics).__name__}, "
                                "not a JSON object", hint='write {"accuracy": 0.9, …}')
     try:
-        hashing.canonical_json(metrics)
+        text = hashing.canonical_json(metrics).decode()
     except InputError as exc:
         _fail(project, record, f"the metrics file {path.name} holds a number a record cannot: "
                                f"{exc.message}", hint="write metrics as floats (or strings)")
+    leaked = [name for name, value in secrets.items()
+              if any(form in text for form in _forms(value))]
+    if leaked:
+        _fail(project, record, f"the metrics file {path.name} holds the value of pass-env "
+                               f"{', '.join(leaked)}; it would be written into the record",
+              hint="log metrics, not credentials")
     return metrics
 
 
@@ -416,10 +466,13 @@ def _fail(project: Project, record: RunRecord, message: str, *, hint: str,
 
 
 def restore_outputs(project: Project, outputs: Sequence[Output]) -> dict[str, str]:
-    """Put a recorded run's outputs back in the project (copies), unless already there.
+    """Put a recorded run's outputs back in the project (copies, checked against their
+    digests as they are copied), unless already there.
 
     Raises:
         StoreError: an output's blob is missing from the store.
+        CorruptBlob: an output's blob failed its digest (quarantined; the project keeps what
+            it had).
     """
     from builder.sandbox import place  # noqa: PLC0415
 
@@ -440,8 +493,12 @@ def restore_outputs(project: Project, outputs: Sequence[Output]) -> dict[str, st
             raise StoreError(f"the store has no blob for output {out.path} ({out.digest}); "
                              f"expected at {obj}", obj,
                              hint="train again with `repro run --no-cache`")
-        place(project.root, out.path, obj)
+        place(project.root, out.path, functools.partial(_copy_blob, blobs, out.digest))
     return objects
+
+
+def _copy_blob(blobs: Blobs, digest: str, dest: BinaryIO) -> None:
+    blobs.copy_to(digest, dest)
 
 
 EVALUATION = ".repro-evaluation.json"  # where an evaluate command's metrics go, in its sandbox
@@ -468,7 +525,7 @@ def evaluate(project: Project, runner: Runner, outputs: Sequence[Output]) -> dic
             raise StoreError(f"the store has no blob for output {out.path} ({out.digest}) to "
                              "evaluate", store.blobs.path(out.digest))
     log.info("Evaluating %s: %s", recipe.name, " ".join(argv))
-    extra = [(store.blobs.path(o.digest), o.path) for o in outputs]
+    extra = [(store.blobs.checked_path(o.digest), o.path) for o in outputs]
     with sandbox(project, extra=extra) as box:
         (box.repro / "params.json").write_text("{}")
         code, tail = runner.execute(Job(argv, {}, passed_env(train_of(recipe)), box, runtime,

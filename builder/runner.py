@@ -56,6 +56,9 @@ class Runner(Protocol):
     def reaches_network(self, box: Sandbox) -> bool:
         """Whether a command run in this sandbox can reach the network (for the record)."""
 
+    def intact(self) -> str | None:
+        """Why what the command ran in is no longer as it was built (None: it is)."""
+
     def software(self, runtime_digest: str) -> Software:
         """The interpreter and packages a record names."""
 
@@ -122,6 +125,11 @@ class VenvRunner:
 
     def reaches_network(self, box: Sandbox) -> bool:
         return box.network or box.level != "bwrap"  # only bwrap can hide it
+
+    def intact(self) -> str | None:
+        from builder import env  # noqa: PLC0415
+
+        return env.tampered(self.project, self.built.env)
 
     def python(self) -> Path:
         """The env's interpreter, for helpers run inside it (tensordiff)."""

@@ -27,9 +27,10 @@ import os
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from builder.errors import InputError
 from builder.project import Project
@@ -42,6 +43,9 @@ LEVELS = ("bwrap", "folder", "off")
 # in `[train] pass-env`. HOME, TMPDIR and PATH are set per run.
 BASE_ENV = {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TZ": "UTC", "PYTHONUNBUFFERED": "1"}
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+# Folders a run must never write into: version control, environments, tool caches, locks
+NEVER_OUTPUTS = (".git", ".venv", "venv", ".hg", ".svn", "__pycache__", ".pytest_cache",
+                 ".mypy_cache", ".ruff_cache", "lockfiles", ".repro", ".github", ".gitlab")
 _FICLONE = 0x40049409  # ioctl: share the blocks of a file (btrfs, XFS), copy-on-write
 
 
@@ -55,18 +59,37 @@ def bwrap_works() -> bool:
     return subprocess.run(probe, capture_output=True, check=False).returncode == 0
 
 
+def asked_level() -> str:
+    """REPRO_SANDBOX: `folder` asks for less than bwrap; empty or `bwrap` for the default.
+
+    Raises:
+        InputError: anything else.
+    """
+    asked = os.environ.get("REPRO_SANDBOX", "")
+    if asked not in ("", "bwrap", "folder"):
+        raise InputError(f"REPRO_SANDBOX={asked!r} is not a sandbox level",
+                         hint="unset it, or set it to folder (bwrap is the default)")
+    return asked
+
+
 def level_for(recipe: Recipe) -> str:
     """The strongest level this machine gives the recipe (REPRO_SANDBOX=folder asks less)."""
     train = recipe.train
     if train is not None and not train.sandbox:
         return "off"
-    asked = os.environ.get("REPRO_SANDBOX", "")
-    if asked == "folder":
+    if asked_level() == "folder":
         return "folder"
-    if asked not in ("", "bwrap"):
-        raise InputError(f"REPRO_SANDBOX={asked!r} is not a sandbox level",
-                         hint="unset it, or set it to folder (bwrap is the default)")
-    return "bwrap" if bwrap_works() else "folder"
+    if bwrap_works():
+        return "bwrap"
+    _say_no_bwrap()
+    return "folder"
+
+
+@functools.cache
+def _say_no_bwrap() -> None:
+    log.warning("bubblewrap (bwrap) %s here: runs get the folder sandbox, which cannot hide "
+                "the network or the machine's files (install bubblewrap for the stronger one)",
+                "is not installed" if shutil.which("bwrap") is None else "cannot make namespaces")
 
 
 def copy_file(src: Path, dest: Path) -> None:
@@ -124,8 +147,10 @@ def check_outputs(project: Project) -> None:
         if target == recipe.path or target in recipe.lock_dir.parents \
                 or recipe.lock_dir in [target, *target.parents]:
             problem = "is the recipe or its lock files"
-        if PurePosixPath(rel).parts[0] == "lockfiles":
-            problem = "is inside lockfiles/"
+        top = PurePosixPath(rel).parts[0]
+        if top in NEVER_OUTPUTS:
+            problem = (f"is inside {top}/, which repro and other tools run or read (a git "
+                       "hook or config, a .pth file run at interpreter start)")
         if problem:
             raise InputError(f"{recipe.path}: {key} = {rel!r} {problem}; a run must not "
                              "replace what it reads or what the project keeps",
@@ -189,9 +214,14 @@ class Sandbox:
         for folder in (*read_only, self.repro):
             args += ["--ro-bind", str(folder), str(folder)]
         args += ["--bind", str(self.home), str(self.home), "--chdir", str(self.cwd),
-                 "--unshare-pid", "--die-with-parent", "--new-session"]
+                 # no capabilities: even as root the command cannot unmount its way out,
+                 # remount / writable, or reach the host's /proc, hostname or processes
+                 "--cap-drop", "ALL", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+                 "--die-with-parent", "--new-session"]
         if not self.network:
-            args.append("--unshare-net")
+            # /run holds the host's service sockets (docker, dbus): reachable through a
+            # read-only bind, so hidden with the network
+            args += ["--unshare-net", "--tmpfs", "/run"]
         return [*args, "--", *argv]
 
 
@@ -266,9 +296,9 @@ def _fill(box: Sandbox, project: Project, extra: Sequence[tuple[Path, str]]) -> 
 
 
 def data_binds(project: Project) -> list[tuple[Path, str]]:
-    """(host path, project-relative path) of each relative data input."""
-    return [((project.root / d.path).resolve(), d.path) for d in project.recipe.data
-            if not Path(d.path).is_absolute()]
+    """(host path, path as the recipe writes it) of each data input: relative to the
+    project, or absolute (bound at its own path, over a private /tmp or the project)."""
+    return [((project.root / d.path).resolve(), d.path) for d in project.recipe.data]
 
 
 def read_output(box: Sandbox, rel: str) -> Path:
@@ -290,18 +320,36 @@ def read_output(box: Sandbox, rel: str) -> Path:
     return path
 
 
-def place(project_root: Path, rel: str, source: Path) -> None:
-    """Put a file into the project at `rel`: parent folders made, a temp name in the same
-    folder, then one rename; never through a symlink.
+def place(project_root: Path, rel: str, fill: Callable[[BinaryIO], object]) -> None:
+    """Put a file into the project at `rel`, its bytes written by `fill`: parent folders
+    made, a temp name in the same folder, then one rename; never through a symlink. If `fill`
+    raises (a blob that fails its digest), the project keeps what it had.
 
     Raises:
         InputError: a folder on the way is a symlink (it changed since the run began).
+    """
+    placeable(project_root, rel)
+    target = project_root / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(target) as tmp, tmp.open("wb") as f:
+        fill(f)
+
+
+def placeable(project_root: Path, rel: str) -> None:
+    """Whether `rel` can be placed: no folder on its way is a symlink (now).
+
+    Raises:
+        InputError: one is (it changed since the run began).
     """
     linked = _through_symlink(project_root, str(PurePosixPath(rel).parent))
     if linked is not None:
         raise InputError(f"{project_root / linked} became a symlink during the run; {rel} "
                          "was not placed", hint="remove the symlink, then run again")
-    target = project_root / rel
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with replacing(target) as tmp:
-        copy_file(source, tmp)
+
+
+def from_file(source: Path) -> Callable[[BinaryIO], object]:
+    """A `place` filler copying a file."""
+    def fill(dest: BinaryIO) -> None:
+        with source.open("rb") as f:
+            shutil.copyfileobj(f, dest, 1 << 20)
+    return fill

@@ -428,10 +428,12 @@ class Validator:
         not_secret = self.variable_names(t, key, "not-secret")
         for i, out in enumerate([*outputs, *([metrics] if metrics else [])]):
             p = PurePosixPath(out)
-            if p.is_absolute() or ".." in p.parts or not out:
+            if p.is_absolute() or ".." in p.parts or not out or posixpath.normpath(out) != out \
+                    or out in (".", "") or out.endswith("/"):
                 which = f"outputs[{i}]" if i < len(outputs) else "metrics"
                 raise self.error(f"train.{which}", f"`train.{which}` {out!r} must be a relative "
-                                 "path inside the project")
+                                 "path inside the project, written plainly (no `.`, `..`, "
+                                 "`//` or trailing `/`)")
         return Train(
             command=command,
             seeds=tuple(seeds),
@@ -457,6 +459,13 @@ class Validator:
         names = self.strings(t, key, name)
         for i, item in enumerate(names):
             self.variable_name(f"{key}.{name}[{i}]", item)
+            if name == "pass-env" and (RESERVED.fullmatch(item) or NOT_PASSED.fullmatch(item)):
+                raise self.error(f"{key}.{name}[{i}]",
+                                 f"`{key}.{name}` cannot pass {item}: it changes what the "
+                                 "command computes, and pass-env values are in no identity",
+                                 hint="set it in [train] env (part of the run key), or leave "
+                                      "it to repro" if not RESERVED.fullmatch(item)
+                                 else f"repro sets {item} itself for every run")
         return tuple(names)
 
     def environment_variables(self, t: dict[str, Any], key: str,
@@ -465,6 +474,11 @@ class Validator:
         for name, value in env.items():
             self.variable_name(f"{key}.env.{name}", name)
             self.no_nul(f"{key}.env.{name}", value)
+            if RESERVED.fullmatch(name):
+                raise self.error(f"{key}.env.{name}", f"`{key}.env.{name}`: repro sets {name} "
+                                                      "itself for every run",
+                                 hint="use train.seed / params / threads for what they mean; "
+                                      "drop it from [train] env")
             if looks_secret(name) and name not in not_secret:
                 raise self.error(
                     f"{key}.env.{name}",
@@ -544,7 +558,17 @@ class Validator:
 _RECIPE_HINT = 'start the file with [recipe] name = "my-model" and schema = 1'
 
 
-_SECRET = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|_KEY$|^KEY$|CREDENTIAL", re.IGNORECASE)
+_SECRET = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|_KEY$|^KEY$|APIKEY|API_KEY|"
+                     r"ACCESS_KEY|PRIVATE|CREDENTIAL|(^|_)PAT$|(^|_)AUTH(_|$)|DATABASE_URL|"
+                     r"(^|_)DSN$", re.IGNORECASE)
+# Variables repro sets for every run: a recipe's env may not set them, pass-env may not pass
+# them (the run key and the record would say one thing, the command see another).
+RESERVED = re.compile(r"REPRO_.*|PYTHONHASHSEED|CUBLAS_WORKSPACE_CONFIG|PATH|HOME|TMPDIR|"
+                      r"PYTHONPATH|VIRTUAL_ENV")
+# ...and what pass-env may never carry: anything that changes what a command computes
+# without being in the run key (credentials only).
+NOT_PASSED = re.compile(r"LANG|LC_.*|TZ|PYTHON.*|LD_.*|OMP_.*|MKL_.*|OPENBLAS_.*|CUDA_LAUNCH_.*|"
+                        r"TORCH_.*|TF_.*|XLA_.*|JAX_.*|NCCL_.*")
 
 
 def looks_secret(name: str) -> bool:

@@ -1,7 +1,9 @@
 """The content-addressed store, handed out as named areas; no caller composes paths under it.
 
     area                 $REPRO_HOME/...
-    store.blobs          objects/<2 hex>/<62 hex>     immutable blobs named by their BLAKE3
+    store.blobs          objects/<2 hex>/<62 hex>     every blob, named by its BLAKE3 (blobs.py)
+                         sha256/<64 hex>              OCI sha256 → the blob it names
+                         quarantine/                  blobs that failed their digest
     store.envs           envs/<64 hex>/               complete environments, by env id
                          envs/.tmp-*                  builds in progress (or interrupted)
                          locks/<64 hex>.lock          held while an env is built or removed
@@ -10,7 +12,8 @@
                          by-recipe/<name>/<hex>       recipe → records of its runs (failed too)
     store.verifications  verifications/<name>/*.json  verification reports, oldest first
     store.layers         layers/<64 hex>/             image layers, named by what they hold
-    store.bases          blobs/sha256/<64 hex>        base-image blobs, named by their sha256
+    store.bases          bases/<64 hex>.json          a base layer's file list and diff_id
+                         blobs/sha256/<64 hex>        base blobs kept before the one blob area
     store.images         images/by-digest/<hex>.json  what an image repro built is made of
                          images/<recipe>/             default layout of `build --image`
     store.stat_cache     cache/stat.sqlite            file digests by stat
@@ -37,7 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from builder import hashing
+from builder import faults, hashing
+from builder.blobs import Blobs
 from builder.errors import StoreError
 
 if TYPE_CHECKING:
@@ -107,62 +111,6 @@ def _file_lock(path: Path, timeout: float) -> Iterator[None]:
         yield
 
 
-class Blobs:
-    """Immutable blobs named by the BLAKE3 digest of their bytes."""
-
-    __slots__ = ("root",)
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def path(self, digest: str) -> Path:
-        h = _hex(digest)
-        return self.root / h[:2] / h[2:]
-
-    def has(self, digest: str) -> bool:
-        return self.path(digest).is_file()
-
-    def put(self, data: bytes) -> str:
-        """Store bytes under their digest; storing the same bytes twice is a no-op."""
-        digest = hashing.digest_bytes(data)
-        path = self.path(digest)
-        if not path.exists():
-            atomic_write(path, data)
-        return digest
-
-    def put_file(self, source: Path, digest: str) -> Path:
-        """Store a file's bytes under their (already computed) digest; returns the blob."""
-        target = self.path(digest)
-        if not target.exists():
-            with replacing(target, 0o444) as tmp:
-                shutil.copyfile(source, tmp)
-        return target
-
-    def get(self, digest: str) -> bytes:
-        """A blob, checked against its digest.
-
-        Raises:
-            StoreError: the blob is missing or its bytes no longer match its name.
-        """
-        path = self.path(digest)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise StoreError(f"the store has no blob {digest} (expected at {path})",
-                             path) from None
-        if hashing.digest_bytes(data) != digest:
-            raise StoreError(f"store blob {path} is corrupt (its digest changed)", path)
-        return data
-
-    def matching(self, prefix: str) -> list[str]:
-        """Digests of blobs whose hex starts with `prefix` (2+ hex characters)."""
-        folder = self.root / prefix[:2]
-        if not folder.is_dir():
-            return []
-        return [hashing.PREFIX + prefix[:2] + p.name for p in folder.iterdir()
-                if p.name.startswith(prefix[2:]) and not p.name.startswith(".")]
-
-
 class Envs:
     """Materialised environments: `<env id>/`, staged beside and published by one rename."""
 
@@ -200,11 +148,25 @@ class Envs:
         with _file_lock(self.locks / f"{_hex(env_id)}.lock", timeout):
             yield
 
+    def use(self, env_id: str) -> None:
+        """Hold the env for the rest of this command (gc waits for no one, it skips it)."""
+        from builder import leases  # noqa: PLC0415
+
+        leases.share(self.locks / f"{_hex(env_id)}.use")
+
+    def claim(self, env_id: str) -> contextlib.AbstractContextManager[bool]:
+        """The env to remove: True when no command uses it (held until the block ends)."""
+        from builder import leases  # noqa: PLC0415
+
+        return leases.exclusive(self.locks / f"{_hex(env_id)}.use")
+
     @contextlib.contextmanager
     def staging(self, env_id: str) -> Iterator[Path]:
-        """A temp folder beside `<id>/`, removed unless it was moved into place."""
+        """A temp folder beside `<id>/` (named with this process's pid, so gc can tell a live
+        build's from a dead one's), removed unless it was moved into place."""
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".tmp-{_hex(env_id)[:12]}-"))
+        tmp = Path(tempfile.mkdtemp(dir=self.root,
+                                    prefix=f".tmp-{_hex(env_id)[:12]}-{os.getpid()}-"))
         try:
             yield tmp
         finally:
@@ -219,11 +181,22 @@ class Envs:
         os.rename(staged, final)
         return final
 
+    def set_aside(self, env_id: str) -> Path:
+        """Move a damaged environment to quarantine/ (for a look; gc removes it later)."""
+        import datetime as dt  # noqa: PLC0415
+
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
+        dest = self.root.parent / "quarantine" / f"env-{_hex(env_id)[:12]}-{stamp}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(self.path(env_id), dest)
+        return dest
+
     def remove(self, env_id: str) -> None:
         """Remove an environment: renamed away first, so it never looks half there."""
         trash = self.root / f".trash-{_hex(env_id)[:12]}-{os.getpid()}"
         os.rename(self.path(env_id), trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        faults.point("gc-removing")
+        remove_tree(trash)
 
     def leftovers(self, min_age: float = 3600) -> list[Path]:
         """Staging folders of builds that died without cleaning up, older than `min_age` s."""
@@ -246,12 +219,16 @@ class Records:
     def add(self, record: RunRecord) -> str:
         """Store a record and index it; only a success answers its run key."""
         digest = self.blobs.put(record.encode())
+        faults.point("record-stored")
         h = _hex(digest)
         _touch(self.root / "by-recipe" / record.recipe.name / h)
         if record.succeeded:
             for out in record.outputs:
                 _touch(self.root / "by-output" / _hex(out.digest) / h)
-            atomic_write(self.root / "runs" / _hex(record.run_key), digest.encode())
+            pointer = self.root / "runs" / _hex(record.run_key)
+            if pointer.is_dir() and not pointer.is_symlink():  # damaged: a folder in its place
+                remove_tree(pointer)
+            atomic_write(pointer, digest.encode())
         return digest
 
     def get(self, digest: str) -> RunRecord:
@@ -290,6 +267,15 @@ class Records:
         """Hold one run key: concurrent runs of the same key wait, then answer from the store."""
         with _file_lock(self.root / "locks" / f"run-{_hex(run_key)}.lock", -1):
             yield
+
+    def indexed(self) -> list[tuple[Path, str]]:
+        """Every record the by-recipe index names: (its index entry, the record digest)."""
+        return [(entry, hashing.PREFIX + entry.name)
+                for entry in sorted((self.root / "by-recipe").glob("*/*"))]
+
+    def pointers(self) -> list[Path]:
+        """Every run-key pointer (`runs/<key>`, naming the record that answers it)."""
+        return sorted((self.root / "runs").glob("*"))
 
     def find(self, ref: str) -> str | None:
         """A record digest from a run key or record digest, whole or a prefix (8+ hex)."""
@@ -330,6 +316,11 @@ class Verifications:
         atomic_write(path, data)
         return path
 
+    def read(self, path: Path) -> Verification:
+        from builder.verdicts import Verification  # noqa: PLC0415
+
+        return Verification.decode(path.read_bytes(), path)
+
     def of(self, recipe_name: str) -> list[Verification]:
         from builder.verdicts import Verification  # noqa: PLC0415
 
@@ -346,7 +337,8 @@ class Verifications:
 
 
 class Layers:
-    """Image layers built from one package each, named by what they hold."""
+    """Image layers built from one package each, named by what they hold: a small JSON of
+    their identities and the blob that holds them (`layers/<key>.json`)."""
 
     __slots__ = ("root",)
 
@@ -354,19 +346,33 @@ class Layers:
         self.root = root
 
     def path(self, key: str) -> Path:
-        return self.root / _hex(key)
+        return self.root / f"{_hex(key)}.json"
+
+    def use(self, key: str, blob: str) -> None:
+        """Mark a layer used now (for gc's age), and hold its blob for this command."""
+        from builder import leases  # noqa: PLC0415
+
+        with contextlib.suppress(OSError):
+            os.utime(self.path(key))
+        leases.note(self.root.parent, "blob", blob)
 
 
 class Bases:
-    """Base-image blobs (manifests, configs, layers) named by their sha256."""
+    """What repro learnt of base-image layers (their blobs live in the one blob area)."""
 
-    __slots__ = ("root",)
+    __slots__ = ("legacy", "root")
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, legacy: Path) -> None:
         self.root = root
+        self.legacy = legacy
+
+    def scan(self, blob: str) -> Path:
+        """The file list and checked diff_id of a base layer, by the layer's blob."""
+        return self.root / f"{_hex(blob)}.json"
 
     def path(self, digest: str) -> Path:
-        return self.root / digest.removeprefix("sha256:")
+        """A base blob as repro kept them before the one blob area (read, then moved in)."""
+        return self.legacy / digest.removeprefix("sha256:")
 
 
 class Images:
@@ -394,18 +400,22 @@ class Sandboxes:
 
     @contextlib.contextmanager
     def create(self, *, keep: bool = False) -> Iterator[Path]:
-        """A new, empty sandbox folder; removed afterwards unless `keep`."""
+        """A new, empty sandbox folder; removed afterwards unless `keep` (then marked kept, so
+        gc leaves it until it is older than its cutoff)."""
         from filelock import FileLock  # noqa: PLC0415
 
         self.root.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(dir=self.root, prefix="run-"))
+        folder = self.root / f"run-{os.getpid()}-{os.urandom(6).hex()}"
         lock = FileLock(folder.with_name(folder.name + ".lock"))
         try:
-            with lock:
+            with lock:  # held before the folder exists: gc never sees it unheld
+                folder.mkdir(mode=0o700)
                 try:
                     yield folder
                 finally:
-                    if not keep:
+                    if keep:
+                        folder.with_name(folder.name + ".kept").touch()
+                    else:
                         remove_tree(folder)
         finally:
             if not keep:
@@ -423,12 +433,20 @@ class Sandboxes:
                 with contextlib.suppress(Timeout), FileLock(lock, timeout=0):
                     lock.unlink(missing_ok=True)
         for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            if folder.with_name(folder.name + ".kept").exists():
+                continue  # --keep-sandbox: a cache of its own, gc'd by age
             try:
                 with FileLock(folder.with_name(folder.name + ".lock"), timeout=0):
                     dead.append(folder)
             except Timeout:
                 continue
         return dead
+
+    def kept(self) -> list[Path]:
+        """Sandboxes kept with --keep-sandbox (their marker's age is theirs)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.with_suffix("") for p in self.root.glob("*.kept"))
 
 
 def remove_tree(path: Path) -> None:
@@ -452,7 +470,7 @@ class Store:
 
     @functools.cached_property
     def blobs(self) -> Blobs:
-        return Blobs(self.root / "objects")
+        return Blobs(self.root / "objects", self.root / "sha256", self.root / "quarantine")
 
     @functools.cached_property
     def envs(self) -> Envs:
@@ -472,7 +490,7 @@ class Store:
 
     @functools.cached_property
     def bases(self) -> Bases:
-        return Bases(self.root / "blobs" / "sha256")
+        return Bases(self.root / "bases", self.root / "blobs" / "sha256")
 
     @functools.cached_property
     def images(self) -> Images:
@@ -497,6 +515,16 @@ class Store:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    def quarantine_file(self, path: Path) -> Path:
+        """Move a damaged file of the store to quarantine/ (gc removes it later)."""
+        import datetime as dt  # noqa: PLC0415
+
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
+        dest = self.root / "quarantine" / f"{stamp}-{path.name}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, dest)
+        return dest
 
     @contextlib.contextmanager
     def scratch(self) -> Iterator[Path]:

@@ -1,6 +1,6 @@
 """The supervisor of a training command: its process tree ends when repro ends.
 
-    python -I -S supervise.py GRACE_SECONDS -- COMMAND [ARG...]
+    python -I -S supervise.py GRACE_SECONDS PARENT_PID -- COMMAND [ARG...]
 
 repro starts every training (and evaluation) command through this script, run as a file by
 repro's own interpreter (standard library only; nothing of repro is imported). It
@@ -111,8 +111,8 @@ def _become(command: list[str]) -> None:
 
 def main(argv: list[str]) -> int:
     grace = float(argv[1])
-    command = argv[3:]
-    parent = os.getppid()
+    parent = int(argv[2])  # repro's pid, as repro said it: not what getppid() says now
+    command = argv[4:]
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # repro died before we could ask
         return 128 + signal.SIGTERM

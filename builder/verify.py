@@ -12,7 +12,7 @@ from typing import Any
 
 from builder import baseline as baselines
 from builder import proc, run
-from builder.errors import InputError
+from builder.errors import InputError, StoreError
 from builder.project import Project
 from builder.recipe import Recipe, Tolerance
 from builder.records import RunRecord
@@ -117,8 +117,11 @@ def _output_checks(project: Project, runner: VenvRunner, base_run: BaselineRun,
                                       got.digest))
             continue
         blobs = project.store.blobs
-        diff = _tensor_diff(project, runner, out.path, blobs.path(got.digest),
-                            blobs.path(out.digest))
+        try:
+            diff = _tensor_diff(project, runner, out.path, blobs.checked_path(got.digest),
+                                blobs.checked_path(out.digest))
+        except StoreError:  # the baseline's file is not here (or failed its digest)
+            diff = None
         ok, detail = False, "bytes differ"
         if diff is None:
             detail += " (not a tensor format, or the baseline's file is not in this store)"

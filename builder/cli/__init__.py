@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Sequence
 
 import click
@@ -32,6 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911  (one per e
     # usage errors happen before a command's flags are read: --json must hold for them too
     OUT.json = "--json" in args[: args.index("--")] if "--" in args else "--json" in args
     _logging(quiet=False, verbose=False)
+    if threading.current_thread() is threading.main_thread():
+        from builder.proc import stop_on_signals  # noqa: PLC0415
+
+        stop_on_signals()
     try:
         code = cli.main(args=args, prog_name="repro", standalone_mode=False)
     except ReproError as exc:

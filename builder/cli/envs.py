@@ -158,15 +158,57 @@ def cache_ls(recipe: str | None) -> None:
           "\n".join(rows) or f"no environments in {store.root}")
 
 
+@cache.command("verify")
+@_common
+@click.option("--repair", is_flag=True,
+              help="Quarantine damaged blobs, set damaged environments aside, drop index "
+                   "entries that point at what is gone.")
+def cache_verify(recipe: str | None, repair: bool) -> None:
+    """Check every blob, environment and record in the store, byte for byte.
+
+    Exit 0 when all is well, 1 when anything was wrong (repaired or not: the list says)."""
+    from builder.cache import verify  # noqa: PLC0415
+
+    result = verify(_store(), repair=repair)
+    checked = result["checked"]
+    lines = [f"checked {checked.get('blobs', 0)} blobs ({checked.get('blob_bytes', 0) / 1e6:.1f}"
+             f" MB), {checked.get('envs', 0)} environments, {checked.get('records', 0)} "
+             f"records in {result['seconds']:.1f}s"]
+    lines += [f"{p['area']:<13} {p['path']}\n              {p['problem']}"
+              + (f"\n              repaired: {p['repair']}" if p["repair"] else "")
+              for p in result["problems"]]
+    lines.append("the store is sound" if result["ok"] else
+                 f"{len(result['problems'])} problem(s)"
+                 + ("" if repair else "; `repro cache verify --repair` fixes what it can"))
+    _emit(result, "\n".join(lines))
+    if not result["ok"]:
+        raise click.exceptions.Exit(1)
+
+
 @cache.command("gc")
 @_common
 @click.option("--older-than", "days", type=click.FloatRange(min=0), default=30.0,
-              show_default=True, help="Remove environments not used for this many days.")
+              show_default=True, help="Remove environments, layers and bases not used for "
+                                      "this many days.")
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
 def cache_gc(recipe: str | None, days: float, dry_run: bool) -> None:
-    """Remove unused environments and what interrupted builds left behind."""
+    """Remove what nothing needs: unused environments, leftovers of killed builds and runs,
+    and blobs no record, environment or committed baseline reaches. Never what a running
+    command uses."""
     from builder.cache import gc  # noqa: PLC0415
 
-    result = gc(_store(), older_than_days=days, dry_run=dry_run)
+    result = gc(_store(), older_than_days=days, dry_run=dry_run, keep=_baseline_outputs(recipe))
     verb = "would remove" if dry_run else "removed"
     _emit(result, f"{verb} {len(result['removed'])} entries, {result['freed'] / 1e6:.1f} MB")
+
+
+def _baseline_outputs(recipe: str | None) -> set[str]:
+    """The outputs a committed baseline names, when gc runs in a project: kept."""
+    from builder import baseline  # noqa: PLC0415
+    from builder.errors import ReproError  # noqa: PLC0415
+
+    try:
+        base = baseline.load(_project(recipe).recipe)
+    except ReproError:
+        return set()
+    return {o.digest for r in base.runs for o in r.outputs}

@@ -132,13 +132,25 @@ class PipeClosed(Exception):
 
 def echo(text: str) -> None:
     """Write to standard output; a closed pipe ends the command quietly (exit 141)."""
+    import io  # noqa: PLC0415
     import sys  # noqa: PLC0415
 
+    out = sys.stdout
     try:
-        click.echo(text)
-        sys.stdout.flush()  # a reader that leaves part-way is seen here, not at exit
+        try:
+            fd = out.fileno()
+        except (AttributeError, OSError, io.UnsupportedOperation):  # not a file (a test's)
+            out.write(text + "\n")
+            out.flush()
+            return
+        # Neither click.echo nor an unbuffered sys.stdout says when a reader left part-way:
+        # a short write is dropped silently. Write until every byte is out, or EPIPE.
+        out.flush()
+        view = memoryview((text + "\n").encode())
+        while view:
+            view = view[os.write(fd, view):]
     except BrokenPipeError:
-        raise PipeClosed from None  # click would turn an OSError into exit 1
+        raise PipeClosed from None
 
 
 def _emit(data: dict[str, Any], text: str) -> None:

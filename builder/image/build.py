@@ -8,6 +8,7 @@ layer, and a change of one small package does not touch the torch layer.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -16,9 +17,9 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from builder import hashing, lock, proc, pylock, registry
+from builder import faults, hashing, lock, proc, pylock, registry
 from builder.errors import BuildError, InputError, ToolError
 from builder.image import base as bases
 from builder.image import index as images
@@ -27,6 +28,9 @@ from builder.progress import progress
 from builder.project import Project
 from builder.resolve import source_args
 from builder.store import atomic_write
+
+if TYPE_CHECKING:
+    from builder.blobs import Blobs
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +101,15 @@ def _package_layer(project: Project, pkg: pylock.Package) -> tuple[tarball.Layer
     key = hashing.digest_json({
         "format": LAYER_FORMAT, "package": pkg.identity(), "python": recipe.environment.python,
         "platform": recipe.environment.platform, "prefix": SITE, "mtime": recipe.image.mtime})
-    cached = store.layers.path(key)
-    if (cached / "layer.json").is_file():
-        meta = json.loads((cached / "layer.json").read_text())
-        return tarball.Layer(meta["diff_id"], meta["digest"], meta["size"],
-                             (cached / "layer.tar.gz").read_bytes()), True
+    meta = store.layers.path(key)
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        known = json.loads(meta.read_text())
+        if store.blobs.verify(known["blob"]):
+            store.layers.use(key, known["blob"])
+            return tarball.Layer(known["diff_id"], known["digest"], known["size"], None,
+                                 known["blob"]), True
+        store.blobs.quarantine(known["blob"], f"the cached layer of {pkg.name} {pkg.version} "
+                                              "failed its digest; it is built again")
     with store.scratch() as tmp:
         target = tmp / "site"
         req = tmp / "requirements.txt"
@@ -121,10 +129,9 @@ def _package_layer(project: Project, pkg: pylock.Package) -> tuple[tarball.Layer
                              hint="a wheel for the recipe's platform must be in the lock "
                                   "(images never build sdists)") from exc
         normalise(target)
-        built = tarball.layer([(target, SITE)], recipe.image.mtime)
-    atomic_write(cached / "layer.tar.gz", built.data)
-    atomic_write(cached / "layer.json", json.dumps(
-        {"diff_id": built.diff_id, "digest": built.digest, "size": built.size}).encode())
+        built = tarball.write_layer([(target, SITE)], recipe.image.mtime, store.blobs)
+    atomic_write(meta, json.dumps({"diff_id": built.diff_id, "digest": built.digest,
+                                   "size": built.size, "blob": built.blob}).encode())
     return built, False
 
 
@@ -143,7 +150,8 @@ def _code_layer(project: Project, tmp: Path) -> tarball.Layer:
             dest.symlink_to(src.readlink())
         else:
             shutil.copy(src, dest)  # contents and mode bits; the tar writer fixes the rest
-    return tarball.layer([(tree, recipe.image.workdir)], recipe.image.mtime)
+    return tarball.write_layer([(tree, recipe.image.workdir)], recipe.image.mtime,
+                               project.store.blobs)
 
 
 def build_image(
@@ -214,13 +222,14 @@ def build_image(
              **recipe.image.env})
     tag = f"{recipe.name}:{current.env_id.removeprefix(hashing.PREFIX)[:12]}"
     folder = output or store.images.layout(recipe.name)
-    layout.write_layout(image, folder, tag)
+    layout.write_layout(image, folder, tag, store.blobs)
     archive = folder.with_name(folder.name + ".tar")
-    layout.write_archive(image, archive, f"localhost/{tag}")
+    layout.write_archive(image, archive, f"localhost/{tag}", blobs=store.blobs)
+    faults.point("image-before-index")
     images.remember(store, image.digest, labels)
     if push:
         log.info("Pushing to %s", push)
-        push_image(image, push)
+        push_image(image, push, store.blobs)
     if load:
         log.info("Loading into the Docker-compatible engine at %s",
                  os.environ.get("DOCKER_HOST", "the default socket"))
@@ -252,16 +261,19 @@ def load_archive(archive: Path) -> list[str]:
     return [t for image in loaded for t in image.tags]
 
 
-def push_image(image: layout.Image, ref: str) -> None:
-    """Upload the blobs the registry lacks, then the manifest under the reference's tag.
+def push_image(image: layout.Image, ref: str, blobs: Blobs) -> None:
+    """Upload the blobs the registry lacks (layers streamed from the store, checked as they
+    go), then the manifest under the reference's tag.
 
     Raises:
         RegistryError: the registry cannot be reached or refuses an upload.
+        CorruptBlob: a layer's blob in the store is damaged (nothing was tagged).
     """
     target = registry.Reference.parse(ref)
     client = registry.Registry(target.registry)
     client.push_blob(target.repository, image.config_digest, image.config)
     for x in image.layers:
-        client.push_blob(target.repository, x.digest, x.data)
+        with layout.open_layer(x, blobs) as data:
+            client.push_blob(target.repository, x.digest, data, x.size)  # type: ignore[arg-type]
     client.push_manifest(target.repository, target.tag or "latest", image.manifest,
                          layout.MANIFEST_TYPE)

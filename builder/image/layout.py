@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import shutil
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from builder.errors import InputError
 from builder.hashing import sha256_digest as _sha256
 from builder.image.tarball import Layer
-from builder.store import atomic_write
+from builder.store import atomic_write, replacing
+
+if TYPE_CHECKING:
+    from builder.blobs import Blobs, CheckedReader
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
@@ -69,9 +75,43 @@ def assemble(layers: list[Layer], *, architecture: str, env: dict[str, str],
     return Image(config, manifest, layers)
 
 
-def _blobs(image: Image) -> list[tuple[str, bytes]]:
+def _blobs(image: Image) -> list[tuple[str, bytes | Layer]]:
+    """Every blob of the image: its config and manifest as bytes, its layers as they are."""
     return [(image.config_digest, image.config), (image.digest, image.manifest),
-            *((layer.digest, layer.data) for layer in image.layers)]
+            *((layer.digest, layer) for layer in image.layers)]
+
+
+def copy_layer(layer: Layer, dest: BinaryIO, blobs: Blobs | None) -> None:
+    """Write a layer's gzip blob to `dest`: from memory, or from the store, checked on the way.
+
+    Raises:
+        CorruptBlob, StoreError: the store's copy is damaged or gone.
+    """
+    with open_layer(layer, blobs) as src:
+        while chunk := src.read(1 << 20):
+            dest.write(chunk)
+
+
+@contextlib.contextmanager
+def open_layer(layer: Layer, blobs: Blobs | None) -> Iterator[BinaryIO | CheckedReader]:
+    """A layer's gzip blob as a stream (the store's copy is checked as it is read)."""
+    if layer.data is not None:
+        yield io.BytesIO(layer.data)
+    elif blobs is not None and layer.blob is not None:
+        with blobs.reader(layer.blob) as reader:
+            yield reader
+    else:
+        raise ValueError(f"layer {layer.digest} has no bytes here")
+
+
+def _write_blob(path: Path, content: bytes | Layer, blobs: Blobs | None) -> None:
+    with replacing(path) as tmp, tmp.open("wb") as f:
+        if isinstance(content, bytes):
+            f.write(content)
+        else:
+            copy_layer(content, f, blobs)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _index(image: Image, tag: str) -> bytes:
@@ -80,8 +120,9 @@ def _index(image: Image, tag: str) -> bytes:
         "annotations": {"org.opencontainers.image.ref.name": tag}}]})
 
 
-def write_layout(image: Image, path: Path, tag: str) -> None:
-    """Write (or replace) an OCI image layout directory holding this one image.
+def write_layout(image: Image, path: Path, tag: str, blobs: Blobs | None = None) -> None:
+    """Write (or replace) an OCI image layout directory holding this one image (layers
+    that live in the store are streamed from `blobs`, checked as they are copied).
 
     Raises:
         InputError: `path` exists and is not an OCI layout (nothing there is touched).
@@ -92,8 +133,9 @@ def write_layout(image: Image, path: Path, tag: str) -> None:
                          hint="give a new folder, or remove it first")
     staging = path.with_name(f".{path.name}.repro-tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    for digest, data in _blobs(image):
-        atomic_write(staging / "blobs" / "sha256" / digest.removeprefix("sha256:"), data)
+    for digest, content in _blobs(image):
+        _write_blob(staging / "blobs" / "sha256" / digest.removeprefix("sha256:"), content,
+                    blobs)
     atomic_write(staging / "oci-layout", _json({"imageLayoutVersion": "1.0.0"}))
     atomic_write(staging / "index.json", _index(image, tag))
     if path.exists():
@@ -101,10 +143,13 @@ def write_layout(image: Image, path: Path, tag: str) -> None:
     staging.rename(path)
 
 
-def write_archive(image: Image, path: Path, repo_tag: str, mtime: int = 0) -> None:
-    """A `docker load` archive: the OCI layout plus Docker's manifest.json, as one tar."""
+def write_archive(image: Image, path: Path, repo_tag: str, mtime: int = 0,
+                  blobs: Blobs | None = None) -> None:
+    """A `docker load` archive: the OCI layout plus Docker's manifest.json, as one tar,
+    written as a stream (layers from the store are copied through, checked)."""
     blob = "blobs/sha256/{}".format
-    members = [(blob(d.removeprefix("sha256:")), data) for d, data in _blobs(image)]
+    members: list[tuple[str, bytes | Layer]] = [
+        (blob(d.removeprefix("sha256:")), content) for d, content in _blobs(image)]
     members += [
         ("oci-layout", _json({"imageLayoutVersion": "1.0.0"})),
         ("index.json", _index(image, repo_tag)),
@@ -114,14 +159,19 @@ def write_archive(image: Image, path: Path, repo_tag: str, mtime: int = 0) -> No
             "Layers": [blob(layer.digest.removeprefix("sha256:")) for layer in image.layers],
         }])),
     ]
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with replacing(path) as tmp, tmp.open("wb") as out, \
+            tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for dirname in ("blobs", "blobs/sha256"):
             info = tarfile.TarInfo(dirname)
             info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, mtime
             tar.addfile(info)
-        for name, data in sorted(dict(members).items()):
+        for name, content in sorted(dict(members).items()):
             info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o644, mtime
-            tar.addfile(info, io.BytesIO(data))
-    atomic_write(path, buf.getvalue())
+            info.mode, info.mtime = 0o644, mtime
+            if isinstance(content, bytes):
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+                continue
+            info.size = content.size
+            with open_layer(content, blobs) as src:
+                tar.addfile(info, src)  # type: ignore[arg-type,unused-ignore]  # read() suffices

@@ -79,7 +79,6 @@ class ImageRunner:
         mounts = [f"{box.work}:{work}:rw", f"{job.runtime}:{_RUNTIME}:ro",
                   f"{box.repro / 'params.json'}:{_PARAMS}:ro"]
         mounts += [f"{host}:{work / rel}:ro" for host, rel in data_binds(self.project)]
-        mounts += [f"{d.path}:{d.path}:ro" for d in recipe.data if Path(d.path).is_absolute()]
         argv = job.argv
         python = self.image.python
         if argv and argv[0] in ("python", "python3") and python:
@@ -109,6 +108,9 @@ class ImageRunner:
         if box.network or box.level == "off":
             return True
         return not (os.geteuid() == 0 and shutil.which("unshare") is not None)
+
+    def intact(self) -> str | None:
+        return None  # the container's writes went to its own copy, removed after the run
 
     def software(self, runtime_digest: str) -> Software:
         current = self.project.lock

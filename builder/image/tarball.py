@@ -9,6 +9,7 @@ still depend on zlib, so the uncompressed digest (the OCI diff_id) is the identi
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import stat
@@ -16,16 +17,42 @@ import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
+from builder import faults
 from builder.hashing import sha256_digest
+
+if TYPE_CHECKING:
+    from builder.blobs import Blobs
 
 
 @dataclass(frozen=True)
 class Layer:
+    """A layer's identities, and where its gzip blob is: in memory, or in the store."""
+
     diff_id: str  # sha256 of the uncompressed tar
     digest: str  # sha256 of the gzip blob
     size: int  # of the gzip blob
-    data: bytes  # the gzip blob
+    data: bytes | None = None  # the gzip blob (small layers, tests)
+    blob: str | None = None  # or its BLAKE3 in the store's blobs
+
+
+class _Hashing:
+    """A write-only stream that hashes what passes (SHA-256) on its way to `sink`."""
+
+    def __init__(self, sink: BinaryIO | gzip.GzipFile) -> None:
+        self.sink = sink
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        self.sink.write(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
 
 
 def _info(name: str, st: os.stat_result, mtime: int) -> tarfile.TarInfo:
@@ -65,8 +92,15 @@ def _dir(name: str, mtime: int) -> tarfile.TarInfo:
 def tar_tree(trees: Iterable[tuple[Path, str]], mtime: int = 0) -> bytes:
     """An uncompressed tar of folders placed at prefixes: [(folder, "opt/repro/site")]."""
     buf = io.BytesIO()
+    _write_tar(trees, mtime, buf)
+    return buf.getvalue()
+
+
+def _write_tar(trees: Iterable[tuple[Path, str]], mtime: int,
+               out: BinaryIO | _Hashing) -> None:
+    """Write the tar of `tar_tree` to a stream, one file at a time."""
     inodes: dict[tuple[int, int], str] = {}
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
         for name, path in sorted(_entries(trees).items()):
             if path is None or (path.is_dir() and not path.is_symlink()):
                 tar.addfile(_dir(name, mtime))
@@ -84,7 +118,6 @@ def tar_tree(trees: Iterable[tuple[Path, str]], mtime: int = 0) -> bytes:
                 info.size = st.st_size
                 with path.open("rb") as f:
                     tar.addfile(info, f)
-    return buf.getvalue()
 
 
 def gzip_bytes(data: bytes) -> bytes:
@@ -95,7 +128,28 @@ def gzip_bytes(data: bytes) -> bytes:
     return out.getvalue()
 
 
+def _gzip(sink: BinaryIO) -> gzip.GzipFile:
+    return gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0, compresslevel=6)
+
+
 def layer(trees: Iterable[tuple[Path, str]], mtime: int = 0) -> Layer:
-    raw = tar_tree(trees, mtime)
-    blob = gzip_bytes(raw)
-    return Layer(sha256_digest(raw), sha256_digest(blob), len(blob), blob)
+    """A layer in memory (small layers; tests)."""
+    buf = io.BytesIO()
+    with _gzip(buf) as gz:
+        tar = _Hashing(gz)
+        _write_tar(trees, mtime, tar)
+    blob = buf.getvalue()
+    return Layer("sha256:" + tar.sha.hexdigest(), sha256_digest(blob), len(blob), blob)
+
+
+def write_layer(trees: Iterable[tuple[Path, str]], mtime: int, blobs: Blobs) -> Layer:
+    """A layer written straight into the store: the tar is made, hashed (diff_id), gzipped
+    and hashed again (digest, BLAKE3) as one stream, so memory does not grow with it."""
+    with blobs.writer(sha256=True) as out, _gzip(out) as gz:  # type: ignore[arg-type]
+        tar = _Hashing(gz)
+        faults.point("layer-writing")
+        _write_tar(trees, mtime, tar)
+    stored = out.stored()
+    assert stored.sha256 is not None  # noqa: S101  (asked for above)
+    return Layer("sha256:" + tar.sha.hexdigest(), stored.sha256, stored.size, None,
+                 stored.digest)

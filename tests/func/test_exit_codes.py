@@ -120,6 +120,18 @@ def test_a_closed_output_pipe_exits_141_quietly(project: Path) -> None:
     child.stderr.close()
     assert child.wait() == 141
     assert err == ""
+    # a reader that leaves part-way through a large output (an unbuffered stdout would
+    # drop the rest of a short write without a word, and exit 0)
+    train = project / "train.py"
+    train.write_text(train.read_text().replace(
+        '    save_npz(args.out, {', '    metrics.update({f"m{i}": i for i in range(20000)})\n'
+                                   '    save_npz(args.out, {'))
+    assert repro("run", "-q", cwd=project).code == 0
+    shell = subprocess.run(  # noqa: S602  (a pipeline, as the user types it)
+        f"{sys.executable} -m builder show --json | head -c1 >/dev/null; "
+        "echo ${PIPESTATUS[0]}", shell=True, executable="/bin/bash", cwd=project,
+        capture_output=True, text=True, check=True)
+    assert shell.stdout.strip() == "141", shell.stderr
 
 
 @pytest.mark.skipif(shutil.which("mount") is None, reason="needs mount(8) for a small tmpfs")

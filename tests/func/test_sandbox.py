@@ -379,3 +379,142 @@ def test_outside_git_the_code_digest_never_counts_what_runs_write(
 
 def assert_no_traceback(r: Result) -> None:
     assert "Traceback" not in r.err
+
+
+ESCAPE = '''
+exec > escape.txt 2>&1
+P=$(pwd)
+umount -l "$P"; umount -l /tmp
+mount -o remount,rw,bind /
+echo x > "$P/ESCAPED" || true
+echo x > /proc/sys/kernel/hostname || true
+grep CapEff /proc/self/status
+'''
+
+
+@needs_bwrap
+def test_root_inside_the_sandbox_has_no_capabilities_to_leave_it(project: Path) -> None:
+    (project / "escape.sh").write_text(ESCAPE)
+    recipe = project / "repro.toml"
+    edit(recipe, 'command = ["python", "train.py", "--data", "{data.train}", "--lr", '
+                 '"{params.lr}",\n           "--epochs", "{params.epochs}", "--seed", "{seed}"]',
+         'command = ["sh", "escape.sh"]')
+    edit(recipe, 'include = ["train.py"]', 'include = ["escape.sh"]')
+    edit(recipe, 'outputs = ["model.npz"]', 'outputs = ["escape.txt"]')
+    edit(recipe, 'metrics = "metrics.json"\n', "")
+    hostname = Path("/proc/sys/kernel/hostname").read_text()
+    r = repro("run", cwd=project)
+    assert r.code == 0, r.err
+    said = (project / "escape.txt").read_text()
+    assert "CapEff:\t0000000000000000" in said
+    assert not (project / "ESCAPED").exists()
+    assert Path("/proc/sys/kernel/hostname").read_text() == hostname
+
+
+@pytest.mark.parametrize("output", [".git/config", ".venv/lib/python3.11/site-packages/x.pth",
+                                    "lockfiles/other.txt"])
+def test_outputs_where_tools_run_code_are_refused(project: Path, output: str) -> None:
+    edit(project / "repro.toml", 'outputs = ["model.npz"]', f'outputs = ["{output}"]')
+    r = repro("run", cwd=project)
+    assert r.code == 2
+    assert "which repro and other tools run or read" in r.err or "lockfiles" in r.err
+
+
+def test_the_supervisor_ends_the_tree_even_if_repro_dies_as_it_starts(tmp_path: Path) -> None:
+    mark = f"sleep {4000 + os.getpid() % 1000}.5"
+    parent = os.fork()
+    if parent == 0:  # a repro that dies the moment its supervisor exists
+        subprocess.Popen([sys.executable, "-I", "-S",
+                          str(Path(__file__).parents[2] / "builder" / "supervise.py"), "1",
+                          str(os.getpid()), "--", *mark.split()], start_new_session=True)
+        os._exit(0)
+    os.waitpid(parent, 0)
+    deadline = time.monotonic() + 10
+    while alive(mark) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert alive(mark) == []
+
+
+LEAKY = '''
+import base64, json, os
+token = os.environ["MY_TOKEN"]
+print("plain", token)
+print("b64", base64.b64encode(token.encode()).decode())
+print("hex", token.encode().hex())
+print("split", token[:6] + "\\x1b[0m" + token[6:])
+open("model.bin", "w").write("m")
+json.dump({"tok": token if os.environ["REPRO_PARAM_LEAK"] == "true" else 1},
+          open("metrics.json", "w"))
+raise SystemExit(int(os.environ["REPRO_PARAM_FAIL"] == "true"))
+'''
+
+
+def test_a_token_in_common_encodings_or_in_metrics_is_never_written(
+    project: Path, isolated: Path,
+) -> None:
+    token = "ghp_" + "Zq81" * 9
+    (project / "train.py").write_text(LEAKY)
+    recipe = project / "repro.toml"
+    edit(recipe, 'outputs = ["model.npz"]', 'outputs = ["model.bin"]\npass-env = ["MY_TOKEN"]')
+    edit(recipe, "params = { lr = 0.5, epochs = 200 }",
+         "params = { lr = 0.5, epochs = 200, fail = true, leak = false }")
+    caller = {"MY_TOKEN": token}
+    failed = repro("run", "--json", cwd=project, env=caller)
+    assert failed.code == 3
+    leaked = repro("run", "-p", "fail=false", "-p", "leak=true", "--json", cwd=project,
+                   env=caller)
+    assert leaked.code == 3
+    assert "holds the value of pass-env MY_TOKEN" in leaked.err
+    import base64
+
+    forms = [token, base64.b64encode(token.encode()).decode().rstrip("="), token.encode().hex()]
+    for out in (failed.out, leaked.out):
+        assert not any(form in out for form in forms)
+    stored = [p for p in isolated.rglob("*") if p.is_file() and not p.is_symlink()
+              and any(form.encode() in p.read_bytes() for form in forms)]
+    assert stored == []
+
+
+def test_absolute_data_is_bound_into_the_sandbox(project: Path, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shutil.copy(project / "data" / "train.csv", shared / "train.csv")
+    edit(project / "repro.toml", 'train = { path = "data/train.csv"',
+         f'train = {{ path = "{shared / "train.csv"}"')
+    r = repro("run", "--json", cwd=project)
+    assert r.code == 0, r.err
+    assert r.json["metrics"]["accuracy"] > 0.8
+
+
+def test_a_data_folder_that_links_outside_itself_or_holds_a_pipe_is_refused(
+    project: Path, tmp_path: Path,
+) -> None:
+    folder = project / "data"
+    (tmp_path / "elsewhere.csv").write_text("1,2\n")
+    (folder / "linked.csv").symlink_to(tmp_path / "elsewhere.csv")
+    edit(project / "repro.toml", 'path = "data/train.csv"', 'path = "data"')
+    r = repro("run", cwd=project)
+    assert r.code == 2
+    assert "links to" in r.err and "outside the input" in r.err
+    (folder / "linked.csv").unlink()
+    os.mkfifo(folder / "pipe")
+    r = repro("run", cwd=project)
+    assert r.code == 2
+    assert "neither a file nor a folder" in r.err
+
+
+def test_a_sandbox_level_typo_is_said_even_on_a_cache_hit(project: Path) -> None:
+    assert repro("run", "-q", cwd=project).code == 0
+    r = repro("run", cwd=project, env={"REPRO_SANDBOX": "bwrapp"})
+    assert r.code == 2
+    assert "REPRO_SANDBOX='bwrapp' is not a sandbox level" in r.err
+
+
+def test_a_kept_sandbox_outlives_gc_until_its_cutoff(project: Path, isolated: Path) -> None:
+    r = repro("run", "--keep-sandbox", "--json", cwd=project)
+    kept = Path(r.json["sandbox"])
+    assert repro("cache", "gc", cwd=project).code == 0
+    assert kept.is_dir()
+    os.utime(kept.with_name(kept.name + ".kept"), (0, 0))
+    assert repro("cache", "gc", cwd=project).code == 0
+    assert not kept.exists()

@@ -228,3 +228,19 @@ def test_anything_else_goes_to_packaging() -> None:
         assert normalise_simple_requirement(text) is None
         recipe = parse(HEAD + f"dependencies = ['{text}']\n")
         assert recipe.environment.dependencies == (str(Requirement(text)),)
+
+
+@pytest.mark.parametrize(("line", "match"), [
+    ('env = { REPRO_SEED = "5" }', r"`train\.env\.REPRO_SEED`: repro sets REPRO_SEED itself"),
+    ('env = { PATH = "/x" }', r"`train\.env\.PATH`: repro sets PATH itself"),
+    ('pass-env = ["PYTHONHASHSEED"]', r"cannot pass PYTHONHASHSEED(?s:.*)repro sets"),
+    ('pass-env = ["LD_PRELOAD"]', r"cannot pass LD_PRELOAD(?s:.*)\[train\] env"),
+    ('pass-env = ["OMP_NUM_THREADS"]', r"cannot pass OMP_NUM_THREADS"),
+    ('env = { GITHUB_PAT = "x" }', r"looks like a credential"),
+    ('env = { DATABASE_URL = "x" }', r"looks like a credential"),
+    ('outputs = ["."]', r"must be a relative path inside the project, written plainly"),
+    ('outputs = ["m.txt/."]', r"written plainly"),
+])
+def test_what_a_run_key_or_a_record_would_misstate_is_refused(line: str, match: str) -> None:
+    with pytest.raises(RecipeError, match=match):
+        parse(HEAD + f'[train]\ncommand = ["x"]\n{line}\n')

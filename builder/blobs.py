@@ -1,0 +1,325 @@
+"""The store's one blob area: every blob named by the BLAKE3 digest of its bytes, checked on
+every way out.
+
+    objects/<2 hex>/<62 hex>    the blobs (outputs, records, pylocks, image layers, base blobs)
+    objects/tmp/                 writes in progress: a temp file, then one rename
+    sha256/<64 hex>              alias: the blob an OCI digest (or a diff_id's layer) names
+    quarantine/                  blobs that failed their digest, kept for a look, gc'd later
+
+Writes stream through the hashers in 1 MiB chunks (memory does not grow with the blob), the
+file and its folder are fsynced before the rename, and an existing blob is never trusted: a
+`put` of a blob that exists but does not verify replaces it. Every read that hands a blob out
+checks its digest; a blob that fails is moved to quarantine and `CorruptBlob` is raised, so the
+caller re-trains, rebuilds or re-pulls instead of serving it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, NamedTuple
+
+import blake3
+
+from builder import faults, hashing, leases
+from builder.errors import StoreError
+
+log = logging.getLogger(__name__)
+CHUNK = 1 << 20
+
+
+class CorruptBlob(StoreError):
+    """A blob's bytes no longer match its name; it was quarantined."""
+
+
+class Stored(NamedTuple):
+    digest: str  # blake3:<hex>
+    size: int
+    sha256: str | None = None  # sha256:<hex>, when asked for
+
+
+def _hex(digest: str) -> str:
+    return digest.removeprefix(hashing.PREFIX)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable (the folder's entry, not only the file's bytes)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BlobWriter:
+    """A blob being written: bytes go through BLAKE3 (and SHA-256) into a temp file."""
+
+    def __init__(self, tmp: Path, sha256: bool) -> None:
+        self.path = tmp
+        self.file: BinaryIO = tmp.open("wb")
+        self.b3 = blake3.blake3()
+        self.sha = hashlib.sha256() if sha256 else None
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.b3.update(data)
+        if self.sha is not None:
+            self.sha.update(data)
+        self.file.write(data)
+        self.size += len(data)
+        return len(data)
+
+    def stored(self) -> Stored:
+        return Stored(hashing.PREFIX + self.b3.hexdigest(), self.size,
+                      "sha256:" + self.sha.hexdigest() if self.sha is not None else None)
+
+
+class CheckedReader:
+    """A blob's bytes as a stream, checked against its digest when the last one is read."""
+
+    def __init__(self, f: BinaryIO, size: int, digest: str, blobs: Blobs) -> None:
+        self.f, self.size, self.digest, self.blobs = f, size, digest, blobs
+        self.hasher = blake3.blake3()
+        self.done = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n if n >= 0 else self.size - self.done)
+        self.hasher.update(data)
+        self.done += len(data)
+        if self.done >= self.size and hashing.PREFIX + self.hasher.hexdigest() != self.digest:
+            raise self.blobs._corrupt(self.digest)
+        return data
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class Blobs:
+    """Immutable blobs named by the BLAKE3 digest of their bytes."""
+
+    __slots__ = ("aliases", "quarantined", "root")
+
+    def __init__(self, root: Path, aliases: Path, quarantined: Path) -> None:
+        self.root = root
+        self.aliases = aliases
+        self.quarantined = quarantined
+
+    def path(self, digest: str) -> Path:
+        h = _hex(digest)
+        return self.root / h[:2] / h[2:]
+
+    def has(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    # -- writing ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def writer(self, *, sha256: bool = False) -> Iterator[BlobWriter]:
+        """A blob to write bytes into; stored under its digest when the block ends well
+        (`writer.stored()` then names it), dropped otherwise."""
+        tmp_dir = self.root / "tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix=f"{os.getpid()}-")  # gc: whose it is
+        os.close(fd)
+        writer = BlobWriter(Path(name), sha256)
+        try:
+            with writer.file:
+                yield writer
+                writer.file.flush()
+                os.fsync(writer.file.fileno())
+            faults.point("blob-temp-written")
+            self._settle(writer.path, writer.stored())
+        finally:
+            writer.path.unlink(missing_ok=True)
+
+    def _settle(self, tmp: Path, stored: Stored) -> None:
+        """Rename a written temp file into place, unless a blob that verifies is there."""
+        final = self.path(stored.digest)
+        if final.exists():
+            if self.verify(stored.digest):
+                return
+            self.quarantine(stored.digest, "it was found damaged while the same bytes were "
+                                           "stored again")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(tmp, 0o444)
+        leases.note(self.root.parent, "blob", stored.digest)  # before it is there for gc to see
+        os.replace(tmp, final)
+        fsync_folder(final.parent)
+        faults.point("blob-renamed")
+        if stored.sha256 is not None:
+            self.alias(stored.sha256, stored.digest)
+
+    def put(self, data: bytes, *, sha256: bool = False) -> str:
+        """Store bytes under their digest."""
+        with self.writer(sha256=sha256) as w:
+            w.write(data)
+        return w.stored().digest
+
+    def put_file(self, source: Path, expected: str | None = None, *,
+                 sha256: bool = False) -> Stored:
+        """Store a file's bytes, read once (hashed as they are copied).
+
+        Raises:
+            StoreError: `expected` was given and the file no longer has that digest (it
+                changed since it was digested); nothing was stored.
+        """
+        with source.open("rb") as f, self.writer(sha256=sha256) as w:
+            while chunk := f.read(CHUNK):
+                w.write(chunk)
+            if expected is not None and w.stored().digest != expected:
+                raise StoreError(f"{source} changed while it was stored (it was "
+                                 f"{expected}, it is {w.stored().digest}); nothing was stored",
+                                 source, hint="make sure nothing else writes it, then retry")
+        return w.stored()
+
+    def alias(self, sha256: str, digest: str) -> None:
+        """Remember which blob an OCI sha256 names."""
+        path = self.aliases / sha256.removeprefix("sha256:")
+        if path.is_file() and path.read_text().strip() == digest:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=".")
+        with os.fdopen(fd, "w") as f:
+            f.write(digest)
+        os.replace(name, path)
+
+    def by_sha256(self, sha256: str) -> str | None:
+        """The blob an OCI sha256 names, if the store holds it."""
+        path = self.aliases / sha256.removeprefix("sha256:")
+        try:
+            digest = path.read_text().strip()
+            os.utime(path)  # used now: gc keeps what was used since its cutoff
+        except OSError:
+            return None
+        leases.note(self.root.parent, "blob", digest)
+        return digest if self.has(digest) else None
+
+    # -- reading ------------------------------------------------------------------------
+    def verify(self, digest: str) -> bool:
+        """Whether the blob is there and its bytes still have its digest."""
+        path = self.path(digest)
+        try:
+            return hashing.file_digest(path) == digest
+        except OSError:
+            return False
+
+    def quarantine(self, digest: str, why: str) -> Path | None:
+        """Move a damaged blob out of the way (kept for a look; gc removes it later)."""
+        path = self.path(digest)
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
+        dest = self.quarantined / f"{stamp}-{_hex(digest)}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(path, dest)
+        except FileNotFoundError:
+            return None
+        log.warning("store blob %s is damaged (%s); moved to %s", path, why, dest)
+        return dest
+
+    def _corrupt(self, digest: str) -> CorruptBlob:  # CheckedReader calls it too
+        path = self.path(digest)
+        moved = self.quarantine(digest, "its digest changed")
+        return CorruptBlob(f"store blob {path} is damaged: its bytes no longer match "
+                           f"{digest}" + (f"; it was moved to {moved}" if moved else ""),
+                           path, hint="it is re-made the next time it is needed (`repro "
+                                      "cache verify` checks the whole store)")
+
+    def missing(self, digest: str) -> StoreError:
+        path = self.path(digest)
+        return StoreError(f"the store has no blob {digest} (expected at {path})", path)
+
+    def get(self, digest: str) -> bytes:
+        """A blob, checked against its digest.
+
+        Raises:
+            StoreError: it is missing.
+            CorruptBlob: its bytes no longer match its name (it was quarantined).
+        """
+        try:
+            data = self.path(digest).read_bytes()
+        except FileNotFoundError:
+            raise self.missing(digest) from None
+        if hashing.digest_bytes(data) != digest:
+            raise self._corrupt(digest)
+        return data
+
+    def copy_to(self, digest: str, dest: BinaryIO) -> int:
+        """Copy a blob into an open file, hashing as it goes; returns the size.
+
+        Raises:
+            StoreError: it is missing.
+            CorruptBlob: its bytes no longer match its name; what was written to `dest` must
+                be thrown away.
+        """
+        hasher = blake3.blake3()
+        size = 0
+        try:
+            with self.path(digest).open("rb") as f:
+                while chunk := f.read(CHUNK):
+                    hasher.update(chunk)
+                    dest.write(chunk)
+                    size += len(chunk)
+        except FileNotFoundError:
+            raise self.missing(digest) from None
+        if hashing.PREFIX + hasher.hexdigest() != digest:
+            raise self._corrupt(digest)
+        return size
+
+    @contextlib.contextmanager
+    def reader(self, digest: str) -> Iterator[CheckedReader]:
+        """A blob to read as a stream (for uploads and archives); reading its last byte checks
+        its digest, and raises CorruptBlob (after quarantine) if it no longer matches.
+
+        Raises:
+            StoreError: it is missing.
+        """
+        path = self.path(digest)
+        try:
+            f = path.open("rb")
+        except FileNotFoundError:
+            raise self.missing(digest) from None
+        with f:
+            yield CheckedReader(f, os.fstat(f.fileno()).st_size, digest, self)
+
+    def checked_path(self, digest: str) -> Path:
+        """The path of a blob that was just checked (for tools that read files by path).
+
+        Raises:
+            StoreError, CorruptBlob: as `get`.
+        """
+        if not self.has(digest):
+            raise self.missing(digest)
+        if not self.verify(digest):
+            raise self._corrupt(digest)
+        return self.path(digest)
+
+    def matching(self, prefix: str) -> list[str]:
+        """Digests of blobs whose hex starts with `prefix` (2+ hex characters)."""
+        folder = self.root / prefix[:2]
+        if not folder.is_dir() or len(prefix) < 2:
+            return []
+        return [hashing.PREFIX + prefix[:2] + p.name for p in folder.iterdir()
+                if p.name.startswith(prefix[2:]) and not p.name.startswith(".")]
+
+    def all(self) -> Iterator[tuple[str, Path]]:
+        """Every blob in the store: (digest, path)."""
+        if not self.root.is_dir():
+            return
+        for shard in sorted(self.root.iterdir()):
+            if len(shard.name) != 2 or not shard.is_dir():
+                continue
+            for path in sorted(shard.iterdir()):
+                if len(path.name) == 62:
+                    yield hashing.PREFIX + shard.name + path.name, path
+
+    def temp_files(self) -> list[Path]:
+        """Temp files of writes in progress, or of writes a killed process left."""
+        legacy = [p for shard in self.root.glob("??") if shard.is_dir()
+                  for p in shard.glob(".*")]  # replacing()'s temp names, before blobs.py
+        tmp = self.root / "tmp"
+        return sorted([*tmp.iterdir(), *legacy] if tmp.is_dir() else legacy)

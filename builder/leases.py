@@ -1,0 +1,124 @@
+"""Leases: what a live command uses in the store, so `cache gc` never removes it.
+
+Envs in use are held with a shared flock on `locks/<id>.use` for the life of the process
+(`share`); gc removes an env only under an exclusive one it gets without waiting
+(`exclusive`), so an env cannot vanish under a command that uses it.
+
+Each process that notes something takes one lease: a file `leases/<pid>-<random>.lease` it
+holds an exclusive flock on for as long as it lives (the kernel drops the lock when the
+process dies, by SIGKILL too) and appends one line per item to: `env <id>`, `blob <digest>`,
+`path <path>`. gc reads every lease file whose lock it cannot take; one it can take belongs to
+a dead process and is removed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+_held: dict[Path, TextIO] = {}  # store root → this process's open, locked lease file
+_shared: dict[Path, int] = {}  # path → an fd holding a shared flock on it
+
+
+@atexit.register
+def _release() -> None:
+    """Let go of every lease on the way out (the kernel would too; this says it cleanly)."""
+    for lease in _held.values():
+        with contextlib.suppress(OSError):
+            Path(lease.name).unlink(missing_ok=True)
+            lease.close()
+    _held.clear()
+    for fd in _shared.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _shared.clear()
+
+
+def share(path: Path) -> None:
+    """Hold a shared flock on `path` for the rest of this process (waits for an exclusive)."""
+    if path in _shared:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    _shared[path] = fd
+
+
+def release(path: Path) -> None:
+    """Let go of a shared flock this process holds (before it removes what it guards)."""
+    fd = _shared.pop(path, None)
+    if fd is not None:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[bool]:
+    """An exclusive flock on `path` if no one holds it shared right now (True), else False."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this pid exists (names of temp files carry their writer's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def note(store: Path, kind: str, item: str) -> None:
+    """Hold `item` (an env id, a blob digest, a path) for the rest of this process."""
+    lease = _held.get(store)
+    if lease is None:
+        folder = store / "leases"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{os.getpid()}-{os.urandom(4).hex()}.lease"
+        lease = path.open("a")
+        fcntl.flock(lease.fileno(), fcntl.LOCK_EX)
+        _held[store] = lease
+    lease.write(f"{kind} {item}\n")
+    lease.flush()
+
+
+def live(store: Path) -> set[tuple[str, str]]:
+    """Every item a live process holds; the leases of dead ones are removed."""
+    folder = store / "leases"
+    held: set[tuple[str, str]] = set()
+    if not folder.is_dir():
+        return held
+    mine = {Path(f.name).name for f in _held.values()}
+    for path in folder.glob("*.lease"):
+        try:
+            f = path.open("r")
+        except FileNotFoundError:
+            continue
+        with f:
+            if path.name not in mine:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    pass  # its process lives
+                else:
+                    path.unlink(missing_ok=True)  # its process is gone: so is the lease
+                    continue
+            for line in f:
+                kind, _, item = line.rstrip("\n").partition(" ")
+                held.add((kind, item))
+    return held

@@ -1,0 +1,81 @@
+"""Sealed environments: what a built env holds is written down, and its files made read-only.
+
+    tree         BLAKE3 over every entry (path, type, mode, content digest or link target):
+                 what `repro cache verify` checks, reading every byte
+    fingerprint  BLAKE3 over every entry's path, type, mode, size and mtime: what `repro build`
+                 and `repro run` check before they use an env (a stat per file, no reads)
+
+Both leave out the manifest (written after sealing, touched on every use); the fingerprint
+also leaves out `__pycache__` folders, where Python may add bytecode for a module compiled
+after the build (the build compiles them all, so that is rare), while the tree counts them.
+A tampered env is set aside and rebuilt, never used.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import NamedTuple
+
+from builder import hashing
+from builder.store import MANIFEST
+
+
+class Seal(NamedTuple):
+    tree: str
+    fingerprint: str
+    files: int
+
+
+def _walk(root: Path) -> list[tuple[str, os.stat_result]]:
+    """Every entry below root (relative path, lstat), sorted; the manifest left out."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        base = os.path.relpath(dirpath, root)
+        for name in [*dirnames, *filenames]:
+            rel = name if base == "." else f"{base}/{name}"
+            if rel == MANIFEST:
+                continue
+            found.append((rel, os.lstat(os.path.join(dirpath, name))))
+    return sorted(found)
+
+
+def _digest(lines: list[str]) -> str:
+    """BLAKE3 of entry lines (NUL-separated fields: paths may hold anything but NUL)."""
+    return hashing.digest_bytes("".join(lines).encode("utf-8", "surrogateescape"))
+
+
+def fingerprint(root: Path) -> str:
+    """Paths, types, modes, sizes and mtimes (no contents), outside `__pycache__`."""
+    return _digest([f"{rel}\0{st.st_mode}\0{st.st_size}\0{st.st_mtime_ns}\n"
+                    for rel, st in _walk(root) if "__pycache__" not in rel.split("/")])
+
+
+def tree(root: Path) -> tuple[str, int]:
+    """(the content digest of every entry, how many entries)."""
+    lines = []
+    for rel, st in _walk(root):
+        full = root / rel
+        if stat.S_ISLNK(st.st_mode):
+            what = "link\0" + os.readlink(full)
+        elif stat.S_ISREG(st.st_mode):
+            what = f"{stat.S_IMODE(st.st_mode)}\0{hashing.file_digest(full)}"
+        else:
+            what = f"{stat.S_IMODE(st.st_mode)}\0{stat.S_IFMT(st.st_mode)}"
+        lines.append(f"{rel}\0{what}\n")
+    return _digest(lines), len(lines)
+
+
+def seal(root: Path) -> Seal:
+    """Make every file and folder below `root` read-only (the root itself stays writable, so
+    the env can be renamed and its manifest written), then write down what it holds."""
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in [*filenames, *dirnames]:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if not stat.S_ISLNK(st.st_mode):
+                os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o222)
+    content, files = tree(root)
+    return Seal(content, fingerprint(root), files)
