@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import hashlib
 import logging
 import os
@@ -57,6 +58,28 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def _kernel_copy(source: BinaryIO, dest: BinaryIO, size: int) -> bool:
+    """Copy `size` bytes with copy_file_range(2) (a reflink where the file system has them);
+    False, with nothing copied, where the kernel can't between these two files."""
+    dest.flush()
+    done = 0
+    while done < size:
+        try:
+            n = os.copy_file_range(source.fileno(), dest.fileno(), size - done)
+        except OSError as e:
+            if done == 0 and e.errno in _NO_KERNEL_COPY:
+                return False
+            raise
+        if n == 0:  # the source is shorter than it was: its digest check says so
+            break
+        done += n
+    return True
+
+
+_NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF,
+                   errno.ETXTBSY}
+
+
 class BlobWriter:
     """A blob being written: bytes go through BLAKE3 (and SHA-256) into a temp file."""
 
@@ -66,6 +89,17 @@ class BlobWriter:
         self.b3 = blake3.blake3()
         self.sha = hashlib.sha256() if sha256 else None
         self.size = 0
+        self.copied: Stored | None = None  # set by copy_from
+
+    def copy_from(self, source: BinaryIO) -> bool:
+        """Copy a whole file in the kernel, then hash what landed (mapped, multi-threaded);
+        False (nothing written) where the kernel can't copy or a SHA-256 is wanted too."""
+        size = os.fstat(source.fileno()).st_size
+        if self.sha is not None or self.size or not _kernel_copy(source, self.file, size):
+            return False
+        self.file.flush()
+        self.copied = Stored(hashing.file_digest(self.path), self.path.stat().st_size, None)
+        return True
 
     def write(self, data: bytes) -> int:
         self.b3.update(data)
@@ -76,6 +110,8 @@ class BlobWriter:
         return len(data)
 
     def stored(self) -> Stored:
+        if self.copied is not None:
+            return self.copied
         return Stored(hashing.PREFIX + self.b3.hexdigest(), self.size,
                       "sha256:" + self.sha.hexdigest() if self.sha is not None else None)
 
@@ -169,8 +205,9 @@ class Blobs:
                 changed since it was digested); nothing was stored.
         """
         with source.open("rb") as f, self.writer(sha256=sha256) as w:
-            while chunk := f.read(CHUNK):
-                w.write(chunk)
+            if not w.copy_from(f):
+                while chunk := f.read(CHUNK):
+                    w.write(chunk)
             if expected is not None and w.stored().digest != expected:
                 raise StoreError(f"{source} changed while it was stored (it was "
                                  f"{expected}, it is {w.stored().digest}); nothing was stored",
@@ -249,24 +286,33 @@ class Blobs:
         return data
 
     def copy_to(self, digest: str, dest: BinaryIO) -> int:
-        """Copy a blob into an open file, hashing as it goes; returns the size.
+        """Copy a blob into a file just opened by name, and check what landed there against
+        the digest: a kernel copy then a mapped, multi-threaded hash of the copy where the
+        kernel can, else hashing as it copies. Returns the size.
 
         Raises:
             StoreError: it is missing.
             CorruptBlob: its bytes no longer match its name; what was written to `dest` must
                 be thrown away.
         """
-        hasher = blake3.blake3()
-        size = 0
         try:
-            with self.path(digest).open("rb") as f:
+            f = self.path(digest).open("rb")
+        except FileNotFoundError:
+            raise self.missing(digest) from None
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            name = getattr(dest, "name", None)
+            if isinstance(name, str) and dest.seekable() and dest.tell() == 0 \
+                    and _kernel_copy(f, dest, size):
+                dest.flush()
+                got = hashing.file_digest(Path(name))
+            else:
+                hasher = blake3.blake3()
                 while chunk := f.read(CHUNK):
                     hasher.update(chunk)
                     dest.write(chunk)
-                    size += len(chunk)
-        except FileNotFoundError:
-            raise self.missing(digest) from None
-        if hashing.PREFIX + hasher.hexdigest() != digest:
+                got = hashing.PREFIX + hasher.hexdigest()
+        if got != digest:
             raise self._corrupt(digest)
         return size
 

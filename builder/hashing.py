@@ -84,17 +84,22 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def file_digest(path: Path) -> str:
-    """`blake3:<hex>` of a file's contents (multi-threaded and mapped for large files)."""
-    size = path.stat().st_size
+def file_digest(path: Path | str, size: int | None = None) -> str:
+    """`blake3:<hex>` of a file's contents (multi-threaded and mapped for large files);
+    `size`, when the caller has just stat'ed the file, saves a stat."""
+    if size is None:
+        size = os.stat(path).st_size
     if size >= _MMAP_MIN:
         hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
         hasher.update_mmap(path)
         return PREFIX + hasher.hexdigest()
     hasher = blake3.blake3()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        while chunk := os.read(fd, _CHUNK):
             hasher.update(chunk)
+    finally:
+        os.close(fd)
     return PREFIX + hasher.hexdigest()
 
 

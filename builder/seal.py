@@ -30,15 +30,18 @@ class Seal(NamedTuple):
 
 def _walk(root: Path) -> list[tuple[str, os.stat_result]]:
     """Every entry below root (relative path, lstat), sorted; the manifest left out."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        base = os.path.relpath(dirpath, root)
-        for name in [*dirnames, *filenames]:
-            rel = name if base == "." else f"{base}/{name}"
-            if rel == MANIFEST:
-                continue
-            found.append((rel, os.lstat(os.path.join(dirpath, name))))
+    found: list[tuple[str, os.stat_result]] = []
+
+    def scan(folder: str, prefix: str) -> None:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                rel = prefix + entry.name
+                if rel != MANIFEST:
+                    found.append((rel, entry.stat(follow_symlinks=False)))
+                if entry.is_dir(follow_symlinks=False):
+                    scan(entry.path, rel + "/")
+
+    scan(str(root), "")
     return sorted(found)
 
 
@@ -56,12 +59,13 @@ def fingerprint(root: Path) -> str:
 def tree(root: Path) -> tuple[str, int]:
     """(the content digest of every entry, how many entries)."""
     lines = []
+    base = str(root)
     for rel, st in _walk(root):
-        full = root / rel
+        full = os.path.join(base, rel)
         if stat.S_ISLNK(st.st_mode):
             what = "link\0" + os.readlink(full)
         elif stat.S_ISREG(st.st_mode):
-            what = f"{stat.S_IMODE(st.st_mode)}\0{hashing.file_digest(full)}"
+            what = f"{stat.S_IMODE(st.st_mode)}\0{hashing.file_digest(full, st.st_size)}"
         else:
             what = f"{stat.S_IMODE(st.st_mode)}\0{stat.S_IFMT(st.st_mode)}"
         lines.append(f"{rel}\0{what}\n")
