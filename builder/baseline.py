@@ -81,11 +81,11 @@ def latest_runs(project: Project, runner: VenvRunner) -> list[tuple[str, RunReco
     records = project.store.records
     found = []
     for seed in run.train_of(project.recipe).seeds:
-        digest = records.for_key(run.plan(project, runner, seed=seed).key)
-        if digest is None:
+        answer = records.answer(run.plan(project, runner, seed=seed).key)
+        if answer is None:
             raise InputError(f"{project.recipe.name} has no recorded run for seed {seed} as the "
                              "recipe stands now", hint=f"run `repro run --seed {seed}` first")
-        found.append((digest, records.get(digest)))
+        found.append(answer)
     return found
 
 

@@ -21,6 +21,7 @@ import errno
 import hashlib
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,11 @@ class Stored(NamedTuple):
 
 
 def _hex(digest: str) -> str:
+    """The hex of a digest; anything else (read from a damaged or hand-made store file) is
+    refused before it can name a path."""
+    if not hashing.is_digest(digest):
+        raise StoreError(f"{str(digest)[:80]!r} is not a blob digest (blake3:<64 hex>): a "
+                         "store entry that names it is damaged")
     return digest.removeprefix(hashing.PREFIX)
 
 
@@ -151,7 +157,11 @@ class Blobs:
         return self.root / h[:2] / h[2:]
 
     def has(self, digest: str) -> bool:
-        return self.path(digest).is_file()
+        """Whether the blob is there, as a regular file (a link or a device is not a blob)."""
+        try:
+            return stat.S_ISREG(os.lstat(self.path(digest)).st_mode)
+        except OSError:
+            return False
 
     # -- writing ------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -160,8 +170,11 @@ class Blobs:
         (`writer.stored()` then names it), dropped otherwise."""
         tmp_dir = self.root / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix=f"{os.getpid()}-")  # gc: whose it is
-        os.close(fd)
+        lock = None
+        while lock is None:  # held until it is renamed in: gc leaves a held temp file
+            fd, name = tempfile.mkstemp(dir=tmp_dir, prefix=f"{os.getpid()}-")
+            os.close(fd)
+            lock = leases.hold(Path(name))
         writer = BlobWriter(Path(name), sha256)
         try:
             with writer.file:
@@ -172,6 +185,7 @@ class Blobs:
             self._settle(writer.path, writer.stored())
         finally:
             writer.path.unlink(missing_ok=True)
+            os.close(lock)
 
     def _settle(self, tmp: Path, stored: Stored) -> None:
         """Rename a written temp file into place, unless a blob that verifies is there."""
@@ -228,11 +242,11 @@ class Blobs:
     def by_sha256(self, sha256: str) -> str | None:
         """The blob an OCI sha256 names, if the store holds it."""
         path = self.aliases / sha256.removeprefix("sha256:")
-        try:
-            digest = path.read_text().strip()
+        digest = hashing.read_digest(path)
+        if digest is None:
+            return None  # none, or damaged: fetched or built again
+        with contextlib.suppress(OSError):
             os.utime(path)  # used now: gc keeps what was used since its cutoff
-        except OSError:
-            return None
         leases.note(self.root.parent, "blob", digest)
         return digest if self.has(digest) else None
 
@@ -241,12 +255,14 @@ class Blobs:
         """Whether the blob is there and its bytes still have its digest."""
         path = self.path(digest)
         try:
-            return hashing.file_digest(path) == digest
+            st = os.lstat(path)
+            return stat.S_ISREG(st.st_mode) and hashing.file_digest(path, st.st_size) == digest
         except OSError:
             return False
 
-    def quarantine(self, digest: str, why: str) -> Path | None:
-        """Move a damaged blob out of the way (kept for a look; gc removes it later)."""
+    def quarantine(self, digest: str, why: str, *, say: bool = True) -> Path | None:
+        """Move a damaged blob out of the way (kept for a look; gc removes it later), with a
+        warning unless the caller says it another way (an error, a report)."""
         path = self.path(digest)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
         dest = self.quarantined / f"{stamp}-{_hex(digest)}"
@@ -255,12 +271,13 @@ class Blobs:
             os.replace(path, dest)
         except FileNotFoundError:
             return None
-        log.warning("store blob %s is damaged (%s); moved to %s", path, why, dest)
+        if say:
+            log.warning("store blob %s is damaged (%s); moved to %s", path, why, dest)
         return dest
 
-    def _corrupt(self, digest: str) -> CorruptBlob:  # CheckedReader calls it too
+    def _corrupt(self, digest: str, move: bool = True) -> CorruptBlob:  # CheckedReader too
         path = self.path(digest)
-        moved = self.quarantine(digest, "its digest changed")
+        moved = self.quarantine(digest, "its digest changed", say=False) if move else None
         return CorruptBlob(f"store blob {path} is damaged: its bytes no longer match "
                            f"{digest}" + (f"; it was moved to {moved}" if moved else ""),
                            path, hint="it is re-made the next time it is needed (`repro "
@@ -270,19 +287,39 @@ class Blobs:
         path = self.path(digest)
         return StoreError(f"the store has no blob {digest} (expected at {path})", path)
 
-    def get(self, digest: str) -> bytes:
+    def _open(self, digest: str) -> BinaryIO:
+        """A blob's file, opened for reading: a regular file, never through a link (a link or
+        a device in its place is damage, which would otherwise be read forever).
+
+        Raises:
+            StoreError: it is missing. CorruptBlob: something else is in its place.
+        """
+        path = self.path(digest)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise self.missing(digest) from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a symlink in a blob's place
+                raise self._corrupt(digest) from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise self._corrupt(digest)
+        return os.fdopen(fd, "rb")
+
+    def get(self, digest: str, *, quarantine: bool = True) -> bytes:
         """A blob, checked against its digest.
 
         Raises:
             StoreError: it is missing.
-            CorruptBlob: its bytes no longer match its name (it was quarantined).
+            CorruptBlob: its bytes no longer match its name (it was quarantined, unless
+                `quarantine` is False: a dry run changes nothing).
         """
-        try:
-            data = self.path(digest).read_bytes()
-        except FileNotFoundError:
-            raise self.missing(digest) from None
+        with self._open(digest) as f:
+            data = f.read()
         if hashing.digest_bytes(data) != digest:
-            raise self._corrupt(digest)
+            raise self._corrupt(digest, quarantine)
         return data
 
     def copy_to(self, digest: str, dest: BinaryIO) -> int:
@@ -295,11 +332,7 @@ class Blobs:
             CorruptBlob: its bytes no longer match its name; what was written to `dest` must
                 be thrown away.
         """
-        try:
-            f = self.path(digest).open("rb")
-        except FileNotFoundError:
-            raise self.missing(digest) from None
-        with f:
+        with self._open(digest) as f:
             size = os.fstat(f.fileno()).st_size
             name = getattr(dest, "name", None)
             if isinstance(name, str) and dest.seekable() and dest.tell() == 0 \
@@ -324,12 +357,7 @@ class Blobs:
         Raises:
             StoreError: it is missing.
         """
-        path = self.path(digest)
-        try:
-            f = path.open("rb")
-        except FileNotFoundError:
-            raise self.missing(digest) from None
-        with f:
+        with self._open(digest) as f:
             yield CheckedReader(f, os.fstat(f.fileno()).st_size, digest, self)
 
     def checked_path(self, digest: str) -> Path:
@@ -346,26 +374,50 @@ class Blobs:
 
     def matching(self, prefix: str) -> list[str]:
         """Digests of blobs whose hex starts with `prefix` (2+ hex characters)."""
-        folder = self.root / prefix[:2]
-        if not folder.is_dir() or len(prefix) < 2:
+        if len(prefix) < 2 or prefix[:2] not in self._shards()[0]:
             return []
-        return [hashing.PREFIX + prefix[:2] + p.name for p in folder.iterdir()
-                if p.name.startswith(prefix[2:]) and not p.name.startswith(".")]
+        return [d for d, _ in self._shard(prefix[:2])[0] if d[7:].startswith(prefix)]
+
+    def _shard(self, name: str) -> tuple[list[tuple[str, Path]], list[Path]]:
+        """(the blobs in objects/<name>/, what else is there: links, devices, odd names)."""
+        folder = self.root / name
+        try:
+            if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                return [], [folder]
+        except FileNotFoundError:
+            return [], []
+        found, strays = [], []
+        with os.scandir(folder) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                digest = hashing.PREFIX + name + entry.name
+                if hashing.is_digest(digest) and entry.is_file(follow_symlinks=False):
+                    found.append((digest, Path(entry.path)))
+                elif not entry.name.startswith("."):  # a dot name: replacing()'s temp files
+                    strays.append(Path(entry.path))
+        return found, strays
+
+    def _shards(self) -> tuple[list[str], list[Path]]:
+        """(the shard names in objects/, what else is there besides tmp/)."""
+        if not self.root.is_dir():
+            return [], []
+        names = sorted(p.name for p in self.root.iterdir() if p.name != "tmp")
+        good = [n for n in names if len(n) == 2 and all(c in "0123456789abcdef" for c in n)]
+        return good, [self.root / n for n in names if n not in good]
 
     def all(self) -> Iterator[tuple[str, Path]]:
         """Every blob in the store: (digest, path)."""
-        if not self.root.is_dir():
-            return
-        for shard in sorted(self.root.iterdir()):
-            if len(shard.name) != 2 or not shard.is_dir():
-                continue
-            for path in sorted(shard.iterdir()):
-                if len(path.name) == 62:
-                    yield hashing.PREFIX + shard.name + path.name, path
+        for name in self._shards()[0]:
+            yield from self._shard(name)[0]
+
+    def strays(self) -> list[Path]:
+        """What is in objects/ but is not a blob: a link, a device, a folder or a name that is
+        not a digest (damage, or put there by hand); never read, only removed."""
+        names, odd = self._shards()
+        return odd + [p for name in names for p in self._shard(name)[1]]
 
     def temp_files(self) -> list[Path]:
         """Temp files of writes in progress, or of writes a killed process left."""
-        legacy = [p for shard in self.root.glob("??") if shard.is_dir()
-                  for p in shard.glob(".*")]  # replacing()'s temp names, before blobs.py
+        # replacing()'s temp names, from before blobs.py
+        legacy = [p for shard in self._shards()[0] for p in (self.root / shard).glob(".*")]
         tmp = self.root / "tmp"
         return sorted([*tmp.iterdir(), *legacy] if tmp.is_dir() else legacy)

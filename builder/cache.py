@@ -74,46 +74,67 @@ class _Report:
         self.problems: list[dict[str, Any]] = []
         self.checked: dict[str, int] = {}
 
-    def add(self, area: str, path: Path, problem: str, fix: str | None) -> None:
-        """A problem, and what --repair did about it (None: nothing could be done here)."""
+    def add(self, area: str, path: Path, problem: str, fix: str | None,
+            action: Any = None) -> None:
+        """A problem, and what --repair did about it (`action`, run with --repair; None: nothing
+        could be done here). A repair that fails says why; the others go on."""
+        if self.repair and action is not None:
+            try:
+                action()
+            except OSError as exc:
+                fix = f"could not repair: {exc.strerror or exc} ({exc.filename or path})"
         self.problems.append({"area": area, "path": str(path), "problem": problem,
                               "repair": fix if self.repair else None})
 
 
 def _records(store: Store, report: _Report, bad_blobs: set[str]) -> None:
-    """Every record readable; every index entry pointing at a record that is, with outputs."""
+    """Every record readable; every index entry pointing at a record that is, with outputs;
+    every run-key pointer naming a record of that key."""
     records, blobs = store.records, store.blobs
     good: dict[str, RunRecord] = {}
     for entry, digest in records.indexed():
         try:
             if digest in bad_blobs:
                 raise StoreError("its blob failed its digest")
-            good[digest] = records.get(digest)
+            good[digest] = records.get(digest, quarantine=report.repair)
         except StoreError as exc:
             report.add("records", blobs.path(digest), f"record {digest}: {exc.message}",
-                       "dropped from the index")
-            if report.repair:
-                entry.unlink(missing_ok=True)
+                       "dropped from the index", lambda e=entry: e.unlink(missing_ok=True))
+    for entry in records.odd_entries():
+        report.add("records", entry, "an index entry whose name is not a record digest",
+                   "removed", lambda e=entry: _remove(e))
     report.checked["records"] = len(good)
     for pointer in records.pointers():
         problem = None
-        try:
-            named = records.for_key(hashing.PREFIX + pointer.name)
-            record = good.get(named or "")
-            if record is None:
-                problem = f"names {named}, which is not a readable record"
-            else:
-                lost = [o.path for o in record.outputs
-                        if o.digest in bad_blobs or not blobs.has(o.digest)]
-                if lost:
-                    problem = f"its run's outputs are gone from the store: {', '.join(lost)}"
-        except StoreError as exc:
-            problem = exc.message
+        key = hashing.PREFIX + pointer.name
+        if not hashing.is_digest(key):
+            problem = "its name is not a run key"
+        else:
+            try:
+                answer = records.answer(key, quarantine=report.repair)
+                record = answer[1] if answer else None
+                if record is None:
+                    problem = "it is not a file naming a record"
+                else:
+                    lost = [o.path for o in record.outputs
+                            if o.digest in bad_blobs or not blobs.has(o.digest)]
+                    if lost:
+                        problem = ("its run's outputs are damaged or gone from the store: "
+                                   + ", ".join(lost))
+            except StoreError as exc:
+                problem = exc.message
         if problem:
             report.add("records", pointer, f"run key {pointer.name[:12]}…: {problem}",
-                       "dropped: the next `repro run` of that key trains again")
-            if report.repair:
-                pointer.unlink(missing_ok=True)
+                       "dropped: the next `repro run` of that key trains again",
+                       lambda p=pointer: _remove(p))
+
+
+def _remove(path: Path) -> None:
+    """Remove a damaged entry: a file, a link (never followed) or a folder."""
+    if path.is_dir() and not path.is_symlink():
+        remove_tree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _envs(store: Store, report: _Report, advance: Any) -> None:
@@ -132,9 +153,11 @@ def _envs(store: Store, report: _Report, advance: Any) -> None:
             problem = "its files differ from what was sealed when it was built"
         except StoreError as exc:
             problem = exc.message
-        report.add("envs", path, problem, "set aside to quarantine/ (rebuilt when next used)")
-        if report.repair:
-            store.envs.set_aside(env_id)
+        report.add("envs", path, problem, "set aside to quarantine/ (rebuilt when next used)",
+                   lambda e=env_id: store.envs.set_aside(e))
+    for stray in store.envs.strays():
+        report.add("envs", stray, "a folder in envs/ that is no environment (no manifest)",
+                   "removed", lambda p=stray: _remove(p))
     report.checked["envs"] = count
 
 
@@ -144,9 +167,11 @@ def _aliases(store: Store, report: _Report) -> None:
     if not blobs.aliases.is_dir():
         return
     for alias in sorted(blobs.aliases.iterdir()):
-        digest = alias.read_text(errors="replace").strip()
+        digest = hashing.read_digest(alias)
         problem = None
-        if not blobs.has(digest):
+        if digest is None:
+            problem = "it is not a file naming a blob digest"
+        elif not blobs.has(digest):
             problem = f"names {digest}, which the store does not hold"
         else:
             with blobs.path(digest).open("rb") as f:
@@ -154,42 +179,67 @@ def _aliases(store: Store, report: _Report) -> None:
                     problem = f"names {digest}, whose sha256 is another"
         if problem:
             report.add("blobs", alias, f"sha256 alias {alias.name[:12]}…: {problem}",
-                       "dropped (fetched or built again when next needed)")
-            if report.repair:
-                alias.unlink(missing_ok=True)
+                       "dropped (fetched or built again when next needed)",
+                       lambda a=alias: _remove(a))
+
+
+def _stat_cache(store: Store, report: _Report) -> None:
+    """The digests cached for unchanged files (code, data) are still their contents'."""
+    import sqlite3  # noqa: PLC0415
+
+    from builder.inputs import stat_cache  # noqa: PLC0415
+
+    if not store.stat_cache.is_file():
+        return
+    try:
+        with stat_cache(store.stat_cache) as cache:
+            for name in cache.stale():
+                report.add("cache", Path(name), "the digest cached for this file is not its "
+                           "contents' (its size and times are unchanged)", "forgotten (read "
+                           "again when next used)", lambda n=name: cache.drop(n))
+    except sqlite3.Error as exc:
+        report.add("cache", store.stat_cache, f"unreadable: {exc}", "removed (rebuilt when "
+                   "next used)", lambda: store.stat_cache.unlink(missing_ok=True))
 
 
 def verify(store: Store, *, repair: bool = False) -> dict[str, Any]:
     """Check every blob, env, alias and record; with `repair`, fix what can be fixed."""
     report = _Report(repair)
+    for link in store.links():
+        report.add("store", link, f"a link in the store (to {os.readlink(link)}); repro makes "
+                   "none there, and gc refuses to run while one is", "removed (the link only)",
+                   lambda p=link: p.unlink(missing_ok=True))
     everything = list(store.blobs.all())
     total = sum(p.stat().st_size for _, p in everything)
     envs = sum(_size(store.envs.path(e)) for e in store.envs.ids())
     started = time.perf_counter()
     bad: set[str] = set()
+    for stray in store.blobs.strays():
+        report.add("blobs", stray, "not a blob (a link, a device, a folder or a name that is "
+                   "no digest)", "removed", lambda p=stray: _remove(p))
     with progress("Verifying the store", total + envs, unit="bytes") as advance:
         for digest, path in everything:
             size = path.stat().st_size
-            if hashing.file_digest(path) != digest:
+            if hashing.file_digest(path, size) != digest:
                 bad.add(digest)
                 report.add("blobs", path, f"blob {digest}: its bytes no longer have its digest",
-                           "moved to quarantine/")
-                if repair:
-                    store.blobs.quarantine(digest, "repro cache verify found it damaged")
+                           "moved to quarantine/",
+                           lambda d=digest: store.blobs.quarantine(
+                               d, "repro cache verify found it damaged", say=False))
             advance(size)
         report.checked["blobs"] = len(everything)
         report.checked["blob_bytes"] = total
         _aliases(store, report)
         _envs(store, report, advance)
     _records(store, report, bad)
+    _stat_cache(store, report)
     for folder in sorted(store.verifications.root.glob("*")):
         for path in sorted(folder.glob("*.json")):
             try:
                 store.verifications.read(path)
             except StoreError as exc:
-                report.add("verifications", path, exc.message, "moved to quarantine/")
-                if repair:
-                    store.quarantine_file(path)
+                report.add("verifications", path, exc.message, "moved to quarantine/",
+                           lambda p=path: store.quarantine_file(p))
     seconds = time.perf_counter() - started
     return {"store": str(store.root), "ok": not report.problems, "repaired": repair,
             "checked": report.checked, "problems": report.problems,
@@ -198,7 +248,7 @@ def verify(store: Store, *, repair: bool = False) -> dict[str, Any]:
 
 
 # -- gc -------------------------------------------------------------------------------------
-def _reachable(store: Store, keep: set[str], gone: set[str]) -> set[str]:
+def _reachable(store: Store, keep: set[str], gone: set[str], dry_run: bool) -> set[str]:
     """Blobs something still needs: records and their outputs and pylocks, env manifests'
     pylocks, the layers and base blobs gc keeps, committed baselines' outputs.
     `gone`: paths removed (or, dry, to be removed) already, which reach nothing."""
@@ -206,7 +256,7 @@ def _reachable(store: Store, keep: set[str], gone: set[str]) -> set[str]:
     for _, digest in store.records.indexed():
         reached.add(digest)
         with contextlib.suppress(StoreError):
-            record = store.records.get(digest)
+            record = store.records.get(digest, quarantine=not dry_run)
             reached |= {o.digest for o in record.outputs}
             reached.add(record.software.pylock)
     for env_id in store.envs.ids():
@@ -214,21 +264,14 @@ def _reachable(store: Store, keep: set[str], gone: set[str]) -> set[str]:
             with contextlib.suppress(StoreError):
                 reached.add(read_manifest(store.envs.path(env_id)).pylock)
     for meta in store.layers.root.glob("*.json"):
-        with contextlib.suppress(OSError, ValueError, KeyError):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             if str(meta) not in gone:
                 reached.add(json.loads(meta.read_text())["blob"])
     if store.blobs.aliases.is_dir():
         for alias in store.blobs.aliases.iterdir():
             if str(alias) not in gone:
-                reached.add(alias.read_text().strip())
+                reached.add(hashing.read_digest(alias) or "")
     return reached
-
-
-def _writer(name: str, field: int) -> int | None:
-    """The pid a leftover's name carries as its `field`-th dash-separated part (its writer),
-    or None for a name from before they carried one."""
-    parts = name.lstrip(".").split("-")
-    return int(parts[field]) if len(parts) > field and parts[field].isdigit() else None
 
 
 class _Collector:
@@ -255,12 +298,12 @@ class _Collector:
     def old(self, path: Path) -> bool:
         return path.stat().st_mtime < self.cutoff
 
-    def leftover(self, path: Path, writer: int | None, why: str) -> None:
-        """Remove what a dead writer left; a live writer's is in use. A name without a writer
-        (made before names carried one) goes after an hour without change."""
-        if writer is not None and leases.alive(writer):
+    def leftover(self, path: Path, why: str) -> None:
+        """Remove what a dead writer left; a live writer holds its temp file or staging
+        folder locked (`leases.hold`), so it is in use."""
+        if leases.held(path):
             self.paths.add(str(path))
-        elif writer is not None or path.stat().st_mtime < time.time() - 3600:
+        else:
             self.drop(path, why)
 
     def unused_envs(self) -> None:
@@ -285,9 +328,12 @@ class _Collector:
     def leftovers(self) -> None:
         """What killed builds, runs and blob writes left (never a live one's)."""
         store = self.store
-        for staging in store.envs.leftovers(min_age=0):  # .tmp-<env>-<pid>-<random>
-            self.leftover(staging, _writer(staging.name, 2),
-                          "staging folder of a build that died")
+        for staging in store.envs.leftovers(min_age=0):  # .tmp-<env>-…, .trash-<env>-…
+            self.leftover(staging, "staging folder of a build that died")
+        for stray in store.envs.strays():
+            self.leftover(stray, "a folder in envs/ that is no environment (no manifest)")
+        for scratch in store.scratches():
+            self.leftover(scratch, "scratch folder of a command that died")
         for sandbox in store.sandboxes.leftovers():
             self.drop(sandbox, "sandbox of a run that died")
             if not self.dry_run:
@@ -299,8 +345,19 @@ class _Collector:
                 if not self.dry_run:
                     marker.unlink(missing_ok=True)
                     kept.with_name(kept.name + ".lock").unlink(missing_ok=True)
-        for temp in store.blobs.temp_files():  # <pid>-<random>
-            self.leftover(temp, _writer(temp.name, 0), "temp file of a blob write that died")
+        for temp in store.blobs.temp_files():
+            if temp.parent.name == "tmp":
+                self.leftover(temp, "temp file of a blob write that died")
+            elif temp.lstat().st_mtime < time.time() - 3600:  # a temp name from before blobs.py
+                self.drop(temp, "temp file of a write that died")
+
+    def strays(self) -> None:
+        """What is in the store's areas but is none of their entries (damage, or by hand)."""
+        for stray in self.store.blobs.strays():
+            self.drop(stray, "not a blob (a link, a device, a folder or a name that is no "
+                             "digest)")
+        for entry in self.store.records.odd_entries():
+            self.drop(entry, "an index entry whose name is not a record digest")
 
     def caches(self) -> None:
         """Quarantine, layers, aliases and base notes not used since the cutoff."""
@@ -318,7 +375,7 @@ class _Collector:
 
     def unreachable(self, keep: set[str]) -> None:
         gone = {r["path"] for r in self.removed}
-        reached = _reachable(self.store, keep, gone) | self.blobs
+        reached = _reachable(self.store, keep, gone, self.dry_run) | self.blobs
         listed = list(self.store.blobs.all())
         # read again now: a blob written since gc began was leased before it was renamed in
         reached |= {item for kind, item in leases.live(self.store.root) if kind == "blob"}
@@ -328,8 +385,9 @@ class _Collector:
         bases = self.store.bases.root
         gone = {r["path"] for r in self.removed}
         for memo in sorted(bases.glob("*.json")) if bases.is_dir() else []:
-            blob = self.store.blobs.path(hashing.PREFIX + memo.stem)
-            if not blob.is_file() or str(blob) in gone:
+            digest = hashing.PREFIX + memo.stem
+            if not hashing.is_digest(digest) or not self.store.blobs.has(digest) \
+                    or str(self.store.blobs.path(digest)) in gone:
                 self.drop(memo, "notes on a base layer whose blob is gone")
 
 
@@ -339,9 +397,16 @@ def gc(store: Store, *, older_than_days: float, dry_run: bool = False,
 
     keep: blob digests to keep whatever else says (the outputs of committed baselines).
     """
+    links = store.links()
+    if links:
+        raise StoreError(f"the store holds links where repro makes none, which gc would "
+                         f"follow out of it: {', '.join(map(str, links[:5]))}", links[0],
+                         hint="remove them (repro makes its folders again), or run `repro "
+                              "cache verify --repair`")
     collector = _Collector(store, time.time() - older_than_days * 86400, dry_run)
     collector.unused_envs()
     collector.leftovers()
+    collector.strays()
     collector.caches()
     collector.unreachable(keep or set())
     removed = collector.removed

@@ -211,8 +211,9 @@ def interpreter_prefix(venv: Path) -> list[Path]:
 
 
 def activate(venv: Path) -> dict[str, str]:
-    """The variables that put a virtualenv first, as its `activate` script would."""
-    return {"VIRTUAL_ENV": str(venv),
+    """The variables that put a virtualenv first, as its `activate` script would (and keep
+    Python from writing bytecode into the sealed env)."""
+    return {"VIRTUAL_ENV": str(venv), "PYTHONDONTWRITEBYTECODE": "1",
             "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -15,6 +16,7 @@ import rfc8785
 from builder.errors import InputError
 
 PREFIX = "blake3:"
+_DIGEST = re.compile(r"blake3:[0-9a-f]{64}")
 _CHUNK = 1 << 20
 # Below this size one read beats mmap plus thread start-up.
 _MMAP_MIN = 8 << 20
@@ -57,6 +59,24 @@ def _plain(value: Any) -> bool:
     if isinstance(value, dict):
         return all(isinstance(k, str) and k.isascii() and _plain(v) for k, v in value.items())
     return False
+
+
+def is_digest(text: object) -> bool:
+    """Whether `text` is a whole digest as repro writes them (`blake3:<64 lowercase hex>`):
+    what is read back from the store must be, before it names a path."""
+    return isinstance(text, str) and _DIGEST.fullmatch(text) is not None
+
+
+def read_digest(path: Path) -> str | None:
+    """The digest a small store file (a pointer, an alias) holds, or None when it is not one
+    (not a file, not ASCII, not a digest)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(256)
+        text = data.decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if is_digest(text) else None
 
 
 def digest_bytes(data: bytes) -> str:

@@ -59,8 +59,32 @@ class StatCache:
         except sqlite3.Error:
             self.forget()
 
+    @staticmethod
+    def key(st: os.stat_result) -> str:
+        return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_ctime_ns}"
+
+    def stale(self) -> list[str]:
+        """Paths whose cached digest is wrong though their stat still matches (a hand-edited
+        cache, or a file changed with its stat put back): re-read, for `repro cache verify`."""
+        if self.db is None:
+            return []
+        wrong = []
+        for name, key, digest in self.db.execute("SELECT path, key, digest FROM stat"):
+            try:
+                st = os.stat(name)
+                if stat.S_ISREG(st.st_mode) and self.key(st) == key \
+                        and hashing.file_digest(name, st.st_size) != digest:
+                    wrong.append(name)
+            except OSError:
+                continue  # gone or changed: never used again as it is
+        return wrong
+
+    def drop(self, name: str) -> None:
+        if self.db is not None:
+            self.db.execute("DELETE FROM stat WHERE path = ?", (name,))
+
     def digest(self, path: Path, st: os.stat_result) -> str:
-        key = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_ctime_ns}"
+        key = self.key(st)
         name = str(path)
         if self.db is not None:
             try:

@@ -72,15 +72,32 @@ def exclusive(path: Path) -> Iterator[bool]:
         os.close(fd)
 
 
-def alive(pid: int) -> bool:
-    """Whether a process with this pid exists (names of temp files carry their writer's)."""
+def hold(path: Path) -> int | None:
+    """Take an exclusive flock on a temp file or staging folder this process just made, for
+    as long as it writes it (the fd is the caller's to close); None when gc removed it
+    before the lock was taken (make another). A lock, not a pid: it holds across pid
+    namespaces (a container sharing the store) and dies with its process."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    if os.fstat(fd).st_nlink == 0:
+        os.close(fd)
+        return None
+    return fd
+
+
+def held(path: Path) -> bool:
+    """Whether a live process holds `path` with `hold` (gc leaves it alone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
         return False
-    except PermissionError:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return True
-    return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def note(store: Path, kind: str, item: str) -> None:

@@ -102,7 +102,8 @@ def _recipe_lookup(project: Project) -> Found:
 
     p = plan(project, VenvRunner(project))
     try:
-        found = project.store.records.for_key(p.key)
+        answer = project.store.records.answer(p.key)
+        found = answer[0] if answer else None
     except StoreError as exc:
         log.warning("%s", exc.message)
         found = None

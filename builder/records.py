@@ -70,6 +70,9 @@ class Output(NamedTuple):
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Output:
+        if not hashing.is_digest(d["digest"]):  # it names a blob's path: never anything else
+            raise ValueError(f"output {d['path']!r} has digest {str(d['digest'])[:80]!r}, "
+                             "not blake3:<64 hex>")
         return cls(str(d["path"]), str(d["digest"]), int(d["size"]))
 
 
@@ -256,8 +259,15 @@ class EnvManifest:
         """
         try:
             d = load_object(data, path)
-            if d.get("schema", d.get("format")) not in (MANIFEST_SCHEMA, MANIFEST_V1):
+            schema = d.get("schema", d.get("format"))
+            if schema not in (MANIFEST_SCHEMA, MANIFEST_V1):
                 raise ValueError(f"schema is {d.get('schema')!r}, not {MANIFEST_SCHEMA!r}")
+            if schema == MANIFEST_SCHEMA and not (isinstance(d.get("tree"), str)
+                                                  and isinstance(d.get("fingerprint"), str)):
+                raise ValueError("it has no seal (tree and fingerprint): a v2 manifest always "
+                                 "has one")
+            if not hashing.is_digest(d["pylock"]):
+                raise ValueError(f"pylock is {str(d['pylock'])[:80]!r}, not blake3:<64 hex>")
             return cls(d["env"], d["recipe"], d["python"], d["platform"], d["pylock"],
                        dict(d["packages"]), d["builder"], d.get("tree"), d.get("fingerprint"),
                        d.get("files"))

@@ -180,12 +180,8 @@ def plan(project: Project, runner: Runner, *, seed: int | None = None,
 
 def _answer(project: Project, key: str, *, say: bool = True) -> tuple[str, RunRecord] | None:
     """The recorded success of a run key, if the store has one it can read."""
-    records = project.store.records
     try:
-        found = records.for_key(key)
-        if found is None:
-            return None
-        return found, records.get(found)
+        return project.store.records.answer(key)
     except StoreError as exc:
         if say:
             log.warning("%s; training again", exc.message)

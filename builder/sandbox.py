@@ -41,7 +41,9 @@ log = logging.getLogger(__name__)
 LEVELS = ("bwrap", "folder", "off")
 # The environment every command starts from; nothing of the caller's reaches it unless named
 # in `[train] pass-env`. HOME, TMPDIR and PATH are set per run.
-BASE_ENV = {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TZ": "UTC", "PYTHONUNBUFFERED": "1"}
+# PYTHONDONTWRITEBYTECODE: a sealed env is never written, not even bytecode (see seal.py)
+BASE_ENV = {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TZ": "UTC", "PYTHONUNBUFFERED": "1",
+            "PYTHONDONTWRITEBYTECODE": "1"}
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 # Folders a run must never write into: version control, environments, tool caches, locks
 NEVER_OUTPUTS = (".git", ".venv", "venv", ".hg", ".svn", "__pycache__", ".pytest_cache",

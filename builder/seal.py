@@ -5,10 +5,10 @@
     fingerprint  BLAKE3 over every entry's path, type, mode, size and mtime: what `repro build`
                  and `repro run` check before they use an env (a stat per file, no reads)
 
-Both leave out the manifest (written after sealing, touched on every use); the fingerprint
-also leaves out `__pycache__` folders, where Python may add bytecode for a module compiled
-after the build (the build compiles them all, so that is rare), while the tree counts them.
-A tampered env is set aside and rebuilt, never used.
+Both leave out the manifest (written after sealing, touched on every use), and nothing else:
+bytecode under `__pycache__` is what Python runs, so it counts. The build compiles every
+module, and every command repro starts in an env has PYTHONDONTWRITEBYTECODE=1, so nothing
+adds bytecode later. A tampered env is set aside and rebuilt, never used.
 """
 
 from __future__ import annotations
@@ -51,9 +51,9 @@ def _digest(lines: list[str]) -> str:
 
 
 def fingerprint(root: Path) -> str:
-    """Paths, types, modes, sizes and mtimes (no contents), outside `__pycache__`."""
+    """Paths, types, modes, sizes and mtimes (no contents)."""
     return _digest([f"{rel}\0{st.st_mode}\0{st.st_size}\0{st.st_mtime_ns}\n"
-                    for rel, st in _walk(root) if "__pycache__" not in rel.split("/")])
+                    for rel, st in _walk(root)])
 
 
 def tree(root: Path) -> tuple[str, int]:

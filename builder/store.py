@@ -31,7 +31,6 @@ import contextlib
 import functools
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -50,7 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MANIFEST = "repro-env.json"
-_DIGEST = re.compile(r"blake3:[0-9a-f]{64}")
 
 
 def default_home() -> Path:
@@ -99,7 +97,8 @@ def _touch(path: Path) -> None:
 def _listing(folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
-    return [hashing.PREFIX + p.name for p in sorted(folder.iterdir()) if len(p.name) == 64]
+    return [hashing.PREFIX + p.name for p in sorted(folder.iterdir())
+            if hashing.is_digest(hashing.PREFIX + p.name)]
 
 
 @contextlib.contextmanager
@@ -132,7 +131,16 @@ class Envs:
         if not self.root.is_dir():
             return []
         return [hashing.PREFIX + p.name for p in sorted(self.root.iterdir())
-                if not p.name.startswith(".") and (p / MANIFEST).is_file()]
+                if hashing.is_digest(hashing.PREFIX + p.name) and (p / MANIFEST).is_file()]
+
+    def strays(self) -> list[Path]:
+        """Folders in envs/ that are no environment (no manifest, or a name that is no env
+        id): damage or leftovers, never used."""
+        if not self.root.is_dir():
+            return []
+        return [p for p in sorted(self.root.iterdir()) if not p.name.startswith(".")
+                and not (hashing.is_digest(hashing.PREFIX + p.name)
+                         and (p / MANIFEST).is_file())]
 
     def last_used(self, env_id: str) -> float:
         return (self.path(env_id) / MANIFEST).stat().st_mtime
@@ -162,15 +170,21 @@ class Envs:
 
     @contextlib.contextmanager
     def staging(self, env_id: str) -> Iterator[Path]:
-        """A temp folder beside `<id>/` (named with this process's pid, so gc can tell a live
-        build's from a dead one's), removed unless it was moved into place."""
+        """A temp folder beside `<id>/`, held (a flock on the folder, so gc leaves it) until
+        it is moved into place or, unless it was, removed."""
+        from builder import leases  # noqa: PLC0415
+
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=self.root,
-                                    prefix=f".tmp-{_hex(env_id)[:12]}-{os.getpid()}-"))
+        lock = None
+        while lock is None:
+            tmp = Path(tempfile.mkdtemp(dir=self.root,
+                                        prefix=f".tmp-{_hex(env_id)[:12]}-{os.getpid()}-"))
+            lock = leases.hold(tmp)
         try:
             yield tmp
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            os.close(lock)
 
     def publish(self, staged: Path, env_id: str) -> Path:
         """Move a finished staging folder to its final name in one rename (a damaged env,
@@ -231,15 +245,17 @@ class Records:
             atomic_write(pointer, digest.encode())
         return digest
 
-    def get(self, digest: str) -> RunRecord:
-        """A record, checked against its digest.
+    def get(self, digest: str, *, quarantine: bool = True) -> RunRecord:
+        """A record, checked against its digest (a damaged one is quarantined, unless
+        `quarantine` is False: a dry run changes nothing).
 
         Raises:
             StoreError: it is missing, damaged, or not a run record.
         """
         from builder.records import RunRecord  # noqa: PLC0415
 
-        return RunRecord.decode(self.blobs.get(digest), self.blobs.path(digest))
+        return RunRecord.decode(self.blobs.get(digest, quarantine=quarantine),
+                                self.blobs.path(digest))
 
     def for_key(self, run_key: str) -> str | None:
         """The record digest that answers a run key, if any.
@@ -248,13 +264,32 @@ class Records:
             StoreError: the pointer is not a record digest (damaged, or written by hand).
         """
         path = self.root / "runs" / _hex(run_key)
-        if not path.is_file():
+        if not os.path.lexists(path):
             return None
-        text = path.read_text(errors="replace").strip()
-        if not _DIGEST.fullmatch(text):
-            raise StoreError(f"{path} should name a record (blake3:<64 hex>) but holds "
-                             f"{text[:80]!r}", path)
+        text = hashing.read_digest(path)
+        if text is None:
+            raise StoreError(f"{path} should name a record (blake3:<64 hex>) but does not: "
+                             "it is damaged", path)
         return text
+
+    def answer(self, run_key: str, *, quarantine: bool = True) -> tuple[str, RunRecord] | None:
+        """The record that answers a run key (its digest and itself), if any: a record of
+        another key, or a failed one, in its place is damage, never an answer.
+
+        Raises:
+            StoreError: the pointer or the record it names is damaged.
+        """
+        digest = self.for_key(run_key)
+        if digest is None:
+            return None
+        record = self.get(digest, quarantine=quarantine)
+        if record.run_key != run_key or not record.succeeded:
+            path = self.root / "runs" / _hex(run_key)
+            raise StoreError(f"{path} names record {digest}, which is "
+                             + (f"the answer of run key {record.run_key}"
+                                if record.run_key != run_key else "a failed run")
+                             + ": the pointer is damaged", path)
+        return digest, record
 
     def of_recipe(self, recipe_name: str) -> list[str]:
         return _listing(self.root / "by-recipe" / recipe_name)
@@ -271,7 +306,13 @@ class Records:
     def indexed(self) -> list[tuple[Path, str]]:
         """Every record the by-recipe index names: (its index entry, the record digest)."""
         return [(entry, hashing.PREFIX + entry.name)
-                for entry in sorted((self.root / "by-recipe").glob("*/*"))]
+                for entry in sorted((self.root / "by-recipe").glob("*/*"))
+                if hashing.is_digest(hashing.PREFIX + entry.name)]
+
+    def odd_entries(self) -> list[Path]:
+        """Index entries whose names are not digests (damage, or put there by hand)."""
+        return [entry for entry in sorted((self.root / "by-recipe").glob("*/*"))
+                if not hashing.is_digest(hashing.PREFIX + entry.name)]
 
     def pointers(self) -> list[Path]:
         """Every run-key pointer (`runs/<key>`, naming the record that answers it)."""
@@ -286,14 +327,18 @@ class Records:
         if keys.is_dir():
             names = [p.name for p in keys.iterdir() if p.name.startswith(h)]
             if len(names) == 1:
-                return (keys / names[0]).read_text().strip()
+                named = hashing.read_digest(keys / names[0])
+                if named is None:
+                    raise StoreError(f"{keys / names[0]} should name a record (blake3:<64 "
+                                     "hex>) but does not: it is damaged", keys / names[0])
+                return named
         found = [d for d in self.blobs.matching(h) if self._is_record(d)]
         return found[0] if len(found) == 1 else None
 
     def _is_record(self, digest: str) -> bool:
         """A small JSON object with a run schema (artefacts share the blobs; skip big ones)."""
         path = self.blobs.path(digest)
-        if path.stat().st_size > 1 << 20:
+        if not self.blobs.has(digest) or path.stat().st_size > 1 << 20:
             return False
         from builder.records import is_run_record  # noqa: PLC0415
 
@@ -450,7 +495,11 @@ class Sandboxes:
 
 
 def remove_tree(path: Path) -> None:
-    """Remove a folder a command wrote, whatever modes it left (read-only folders too)."""
+    """Remove a folder a command wrote, whatever modes it left (read-only folders too); a
+    link in its place is removed, never followed."""
+    if path.is_symlink():
+        path.unlink(missing_ok=True)
+        return
     for dirpath, dirnames, _ in os.walk(path):
         for name in dirnames:
             full = os.path.join(dirpath, name)
@@ -500,6 +549,19 @@ class Store:
     def sandboxes(self) -> Sandboxes:
         return Sandboxes(self.root / "sandbox")
 
+    def links(self) -> list[Path]:
+        """Links in the store's top two levels (its areas and what they hold directly), where
+        repro makes none: gc would follow one out of the store, so it refuses while any is."""
+        found: list[Path] = []
+        if not self.root.is_dir():
+            return found
+        for area in sorted(self.root.iterdir()):
+            if area.is_symlink():
+                found.append(area)
+            elif area.is_dir():
+                found += [p for p in sorted(area.iterdir()) if p.is_symlink()]
+        return found
+
     @property
     def stat_cache(self) -> Path:
         return self.root / "cache" / "stat.sqlite"
@@ -528,7 +590,22 @@ class Store:
 
     @contextlib.contextmanager
     def scratch(self) -> Iterator[Path]:
-        """A private temp folder on the store's filesystem, removed afterwards."""
+        """A private temp folder on the store's filesystem, removed afterwards; held (a flock)
+        while it is used, so gc removes only a dead command's."""
+        from builder import leases  # noqa: PLC0415
+
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self.root / "tmp") as tmp:
-            yield Path(tmp)
+        lock = None
+        while lock is None:
+            tmp = Path(tempfile.mkdtemp(dir=self.root / "tmp"))
+            lock = leases.hold(tmp)
+        try:
+            yield tmp
+        finally:
+            remove_tree(tmp)
+            os.close(lock)
+
+    def scratches(self) -> list[Path]:
+        """Every scratch folder, a live command's or a dead one's."""
+        folder = self.root / "tmp"
+        return sorted(folder.iterdir()) if folder.is_dir() else []

@@ -37,7 +37,8 @@ _GZIP_LAYERS = ("application/vnd.oci.image.layer.v1.tar+gzip",
                 "application/vnd.docker.image.rootfs.diff.tar.gzip")
 _PYTHON = re.compile(r"^(?:usr/(?:local/)?)?bin/python(3\.\d+)$")
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
-SCAN_FORMAT = "repro.basescan/v1"
+SCAN_FORMAT = "repro.basescan/v2"  # v2: only the names that matter, not every one
+_NOTED = re.compile(r"^(?:(?:usr/(?:local/)?)?bin/python3\.\d+|(?:usr/)?lib/ld-musl-.*)$")
 
 
 class BaseImageError(InputError):
@@ -49,7 +50,7 @@ class Base:
     digest: str  # of the manifest, "scratch" for none
     layers: list[Layer] = field(default_factory=list)  # in the store (Layer.blob)
     config: dict[str, Any] = field(default_factory=dict)
-    names: list[str] = field(default_factory=list)  # every path in its layers, read once
+    names: list[str] = field(default_factory=list)  # paths saying what it is: python, musl
 
 
 def max_layer_bytes() -> int:
@@ -187,8 +188,9 @@ class _Bounded:
 
 
 def _scan(store: Store, layer: Layer, limit: int) -> list[str]:
-    """The paths a base layer holds, checking its diff_id; kept beside its blob, so a layer
-    is decompressed once."""
+    """The paths in a base layer that say what it is (Python interpreters, a musl loader),
+    checking its diff_id; kept beside its blob, so a layer is decompressed once. Memory stays
+    bounded whatever the layer holds."""
     assert layer.blob is not None  # noqa: S101  (base layers live in the store)
     memo = store.bases.scan(layer.blob)
     with contextlib.suppress(OSError, ValueError):
@@ -201,7 +203,11 @@ def _scan(store: Store, layer: Layer, limit: int) -> list[str]:
         stream = _Bounded(gz, limit, layer.digest)
         try:
             with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
-                names = [info.name.removeprefix("./") for info in tar]
+                for info in tar:
+                    name = info.name.removeprefix("./")
+                    if _NOTED.match(name):  # interpreters and musl: all a base is asked
+                        names.append(name)
+                    tar.members = []  # a stream keeps every member it read: memory bounded
             while stream.read(CHUNK):
                 pass  # what follows the archive's end is part of the diff_id too
         except (tarfile.TarError, OSError, EOFError, zlib_error()) as exc:

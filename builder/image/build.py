@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from builder import faults, hashing, lock, proc, pylock, registry
-from builder.errors import BuildError, InputError, ToolError
+from builder.errors import BuildError, InputError, StoreError, ToolError
 from builder.image import base as bases
 from builder.image import index as images
 from builder.image import layout, tarball
@@ -102,7 +102,7 @@ def _package_layer(project: Project, pkg: pylock.Package) -> tuple[tarball.Layer
         "format": LAYER_FORMAT, "package": pkg.identity(), "python": recipe.environment.python,
         "platform": recipe.environment.platform, "prefix": SITE, "mtime": recipe.image.mtime})
     meta = store.layers.path(key)
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, StoreError):
         known = json.loads(meta.read_text())
         if store.blobs.verify(known["blob"]):
             store.layers.use(key, known["blob"])

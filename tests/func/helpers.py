@@ -27,12 +27,14 @@ class Result:
         return json.loads(lines[0])
 
 
-def repro(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> Result:
-    """The `repro` command as a user runs it: a new process, our environment, exit code."""
+def repro(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None,
+          timeout: float | None = None) -> Result:
+    """The `repro` command as a user runs it: a new process, our environment, exit code
+    (`timeout`: for a command that must end, where a bug would make it hang)."""
     done = subprocess.run(
         [sys.executable, "-m", "builder", *map(str, args)],
         cwd=cwd, capture_output=True, text=True, check=False,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **(env or {})}, timeout=timeout,
     )
     return Result(done.returncode, done.stdout, done.stderr)
 

@@ -117,12 +117,22 @@ def test_a_flipped_layer_blob_is_rebuilt_never_put_in_an_image(
     sound(project)
 
 
-@pytest.mark.parametrize("change", ["edit", "add", "remove"])
+@pytest.mark.parametrize("change", ["edit", "add", "remove", "bytecode", "unseal"])
 def test_a_changed_env_is_rebuilt_never_used(project: Path, isolated: Path, change: str) -> None:
     built = repro("build", "--json", cwd=project).json
     site = Path(built["path"]) / "lib/python3.11/site-packages/numpy"
     os.chmod(site, 0o755)  # noqa: S103  (undoing the seal, as an attacker would)
-    if change == "edit":
+    if change == "bytecode":  # what Python runs: the build compiled every module
+        pyc = next((site / "__pycache__").glob("version.cpython-311.pyc"))
+        os.chmod(pyc, 0o644)
+        pyc.write_bytes(pyc.read_bytes() + b"\0")
+    elif change == "unseal":  # a tampered env whose manifest lost its seal is not re-sealed
+        (site / "sitecustomize.py").write_text("print('evil')\n")
+        manifest = Path(built["path"]) / "repro-env.json"
+        data = json.loads(manifest.read_text())
+        del data["tree"], data["fingerprint"]
+        manifest.write_text(json.dumps(data))
+    elif change == "edit":
         os.chmod(site / "version.py", 0o644)
         (site / "version.py").write_text("version = 'evil'\n")
     elif change == "add":
@@ -133,10 +143,175 @@ def test_a_changed_env_is_rebuilt_never_used(project: Path, isolated: Path, chan
     again = repro("build", "--json", cwd=project)
     assert again.code == 0, again.err
     assert again.json["cached"] is False
-    assert "was changed after it was built" in again.err
+    assert ("was changed after it was built" in again.err
+            or "it has no seal" in again.err), again.err
     assert not (Path(again.json["path"]) / "lib/python3.11/site-packages/numpy/sitecustomize.py"
                 ).exists()
     sound(project)
+
+
+# -- store files written by hand: damage, never a path out of the store --------------------
+def test_digests_read_from_store_files_never_name_a_path_outside(
+    project: Path, isolated: Path, tmp_path: Path,
+) -> None:
+    first = repro("run", "--json", cwd=project).json
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "important.txt").write_text("precious")
+    key = "ab" * 32
+    (isolated / "runs" / key).write_text(f"blake3:..//{victim}/important.txt")
+    shown = repro("show", key[:10], cwd=project)
+    assert shown.code == 3, shown.err
+    assert "should name a record" in shown.err and "Traceback" not in shown.err
+    odd = next((isolated / "by-recipe").iterdir()) / "..cache"
+    odd.touch()
+    listed = repro("cache", "verify", "--json", cwd=project)
+    assert listed.code == 1, listed.err
+    problems = {p["path"]: p["problem"] for p in listed.json["problems"]}
+    assert problems[str(odd)] == "an index entry whose name is not a record digest"
+    assert "should name a record" in problems[str(isolated / "runs" / key)]
+    for args in (["cache", "gc", "--older-than", "0", "--dry-run"],
+                 ["cache", "gc", "--older-than", "0"]):
+        gc = repro(*args, cwd=project)
+        assert gc.code == 0, gc.err
+    assert (victim / "important.txt").read_text() == "precious"
+    assert not odd.exists()
+    assert first["outputs"]
+
+
+def test_gc_refuses_a_store_with_links_out_of_it(project: Path, isolated: Path,
+                                                 tmp_path: Path) -> None:
+    assert repro("run", cwd=project).code == 0
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "99999-report.csv").write_text("data")
+    tmp = isolated / "objects" / "tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.symlink_to(victim)
+    gc = repro("cache", "gc", "--older-than", "0", cwd=project)
+    assert gc.code == 3, gc.err
+    assert "links where repro makes none" in gc.err and str(tmp) in gc.err
+    listed = repro("cache", "verify", "--repair", "--json", cwd=project)
+    assert listed.code == 1
+    assert [p["path"] for p in listed.json["problems"]] == [str(tmp)]
+    assert (victim / "99999-report.csv").read_text() == "data"
+    assert repro("cache", "gc", "--older-than", "0", cwd=project).code == 0
+    assert (victim / "99999-report.csv").read_text() == "data"
+
+
+def test_a_pointer_to_another_keys_record_is_never_an_answer(
+    project: Path, isolated: Path,
+) -> None:
+    seven = repro("run", "--seed", "7", "--json", cwd=project).json
+    eight = repro("run", "--seed", "8", "--json", cwd=project).json
+    pointers = isolated / "runs"
+    seven_key, eight_key = (r["run_key"].removeprefix("blake3:") for r in (seven, eight))
+    shutil.copy(pointers / eight_key, pointers / seven_key)
+    listed = repro("cache", "verify", "--json", cwd=project)
+    assert listed.code == 1
+    assert any("the answer of run key" in p["problem"] for p in listed.json["problems"])
+    again = repro("run", "--seed", "7", "--json", cwd=project)
+    assert again.code == 0, again.err
+    assert again.json["cached"] is False  # trained again: seed 8's model is not seed 7's
+    assert "the pointer is damaged" in again.err
+    assert hashing.file_digest(project / "model.npz") == seven["outputs"][0]["digest"]
+
+
+def test_special_and_malformed_store_entries_are_listed_never_read(
+    project: Path, isolated: Path,
+) -> None:
+    assert repro("run", cwd=project).code == 0
+    zero = isolated / "objects" / "ab" / ("c" * 62)
+    zero.parent.mkdir(exist_ok=True)
+    zero.symlink_to("/dev/zero")
+    fifo = isolated / "objects" / "ab" / ("d" * 62)
+    os.mkfifo(fifo)
+    alias = isolated / "sha256" / ("e" * 64)
+    alias.parent.mkdir(exist_ok=True)
+    alias.write_bytes(b"\xff\xfe")
+    folder_pointer = isolated / "runs" / ("f" * 64)
+    folder_pointer.mkdir()
+    listed = repro("cache", "verify", "--json", cwd=project, timeout=120)
+    assert listed.code == 1, listed.err
+    assert {str(zero), str(fifo), str(alias), str(folder_pointer)} <= {
+        p["path"] for p in listed.json["problems"]}
+    assert repro("show", "f" * 10, cwd=project).code == 3
+    before = sorted(str(p) for p in isolated.rglob("*"))
+    dry = repro("cache", "gc", "--older-than", "0", "--dry-run", "--json", cwd=project)
+    assert dry.code == 0, dry.err
+    assert sorted(str(p) for p in isolated.rglob("*")) == before  # a dry run changes nothing
+    assert repro("cache", "verify", "--repair", cwd=project, timeout=120).code == 1
+    sound(project)
+
+
+def test_gc_dry_run_never_quarantines(project: Path, isolated: Path) -> None:
+    first = repro("run", "--json", cwd=project).json
+    record = blob(isolated, first["record"])
+    flip(record, at=20)
+    damaged = record.read_bytes()
+    assert repro("cache", "gc", "--dry-run", cwd=project).code == 0
+    assert record.read_bytes() == damaged
+    assert not (isolated / "quarantine").exists()
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from builder import leases
+fd = leases.hold(Path(sys.argv[1]))
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_gc_leaves_what_a_live_writer_holds_whatever_its_name_says(
+    project: Path, isolated: Path,
+) -> None:
+    """A writer is known by its lock, not a pid in a name: in another pid namespace (a
+    container sharing the store) the pid means nothing."""
+    assert repro("build", cwd=project).code == 0
+    temp = isolated / "objects" / "tmp" / "4194303-notmine"  # a pid no process here has
+    temp.parent.mkdir(parents=True, exist_ok=True)
+    temp.write_bytes(b"half a blob")
+    staging = isolated / "envs" / ".tmp-0123456789ab-4194303-x"
+    staging.mkdir()
+    holders = [subprocess.Popen([sys.executable, "-c", HOLD, str(p)], stdout=subprocess.PIPE,
+                                text=True, cwd=Path(__file__).parents[2]) for p in (temp, staging)]
+    try:
+        for h in holders:
+            assert h.stdout is not None and h.stdout.readline() == "held\n"
+        gc = repro("cache", "gc", "--older-than", "0", "--json", cwd=project)
+        assert gc.code == 0, gc.err
+        assert temp.exists() and staging.exists()
+    finally:
+        for h in holders:
+            h.kill()
+            h.communicate()
+    gc = repro("cache", "gc", "--older-than", "0", "--json", cwd=project)
+    assert str(temp) in gc.json["removed"] and str(staging) in gc.json["removed"]
+    assert not temp.exists() and not staging.exists()
+
+
+def test_a_stat_cache_entry_that_lies_is_found_and_forgotten(project: Path, isolated: Path) -> None:
+    import sqlite3
+
+    first = repro("run", "--json", cwd=project).json
+    data = project / "data" / "train.csv"
+    lines = data.read_text().splitlines()
+    data.write_text("\n".join([*lines[:-1], lines[1]]) + "\n")  # a changed row
+    st = data.stat()
+    db = sqlite3.connect(isolated / "cache" / "stat.sqlite")
+    with db:  # the new stat given the old contents' digest, as a hand would
+        db.execute("UPDATE stat SET key = ? WHERE path = ?",
+                   (f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_ctime_ns}", str(data)))
+    db.close()
+    listed = repro("cache", "verify", "--repair", "--json", cwd=project)
+    assert listed.code == 1, listed.err
+    assert [p["path"] for p in listed.json["problems"]] == [str(data)]
+    again = repro("run", "--json", cwd=project)
+    assert again.code == 0, again.err
+    assert again.json["cached"] is False
+    assert again.json["run_key"] != first["run_key"]
 
 
 WRITES_ITS_ENV = '''
@@ -355,6 +530,16 @@ def gzip_bomb(target: Path, uncompressed: int) -> bytes:
     return buf.getvalue()
 
 
+def many_files(count: int) -> tuple[bytes, str]:
+    """A gzip of a tar of `count` empty files (small on disk, a long listing), and its diff_id."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for i in range(count):
+            tar.addfile(tarfile.TarInfo(f"d{i % 1000}/f{i}"))
+    data = raw.getvalue()
+    return gzip.compress(data, compresslevel=1, mtime=0), _sha(data)
+
+
 def build_on(project: Path, base: Path, digest: str,
              env: dict[str, str] | None = None) -> tuple[Result, int]:
     """`repro build --image` on a base: the result, and its peak RSS in KiB (measured by a
@@ -377,7 +562,8 @@ def build_on(project: Path, base: Path, digest: str,
     return Result(code, out, err), peak
 
 
-def test_hostile_bases_are_refused_with_memory_bounded(project: Path, tmp_path: Path) -> None:
+def test_hostile_bases_are_refused_with_memory_bounded(
+        project: Path, tmp_path: Path, isolated: Path) -> None:
     bomb = gzip_bomb(tmp_path, 1 << 30)  # 1 GiB of zeros in about a megabyte
     assert len(bomb) < 2 << 20
     digest = crafted_base(tmp_path / "bomb", bomb)
@@ -391,6 +577,15 @@ def test_hostile_bases_are_refused_with_memory_bounded(project: Path, tmp_path: 
     assert "does not match its diff_id" in whole.err
     assert peak < 300 * 1024, f"peak RSS {peak} KiB"
     assert not (project / "image").exists()
+
+    many, diff_id = many_files(300_000)  # a listing that once grew memory without bound
+    digest = crafted_base(tmp_path / "many", many, diff_id=diff_id)
+    listed, peak = build_on(project, tmp_path / "many", digest)
+    assert listed.code == 2, listed.err
+    assert "no Python interpreter" in listed.err
+    assert peak < 100 * 1024, f"peak RSS {peak} KiB"  # 29 MB here; 175 MB when names were kept
+    scans = list((isolated / "bases").glob("*.json"))
+    assert scans and all(p.stat().st_size < 4096 for p in scans)  # what matters, not all
 
     layer = gzip.compress(b"not much", mtime=0)
     cases = {

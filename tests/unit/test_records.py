@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -92,9 +93,14 @@ def test_v1_env_manifests_read_and_round_trip() -> None:
     manifest = EnvManifest.decode(v1("env-manifest.json"), V1 / "env-manifest.json")
     assert manifest.python == "3.11.7"
     assert manifest.packages == {"numpy": "2.4.6"}
-    written = manifest.encode()
+    assert manifest.tree is None  # built before sealing: sealed as it is on first use
+    sealed = dataclasses.replace(manifest, tree="blake3:" + "1" * 64,
+                                 fingerprint="blake3:" + "2" * 64, files=3)
+    written = sealed.encode()
     assert json.loads(written)["schema"] == "repro.envmanifest/v2"
-    assert EnvManifest.decode(written, V1) == manifest
+    assert EnvManifest.decode(written, V1) == sealed
+    with pytest.raises(StoreError, match="it has no seal"):  # a v2 one always has its seal
+        EnvManifest.decode(manifest.encode(), V1)
 
 
 def test_v1_verifications_read_and_round_trip() -> None:

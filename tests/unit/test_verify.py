@@ -29,7 +29,7 @@ def record(**changes: Any) -> RunRecord:
         "code": {"digest": "blake3:c", "files": 1, "commit": None, "dirty": None},
         "data": {"train": {"path": "d.csv", "digest": "blake3:d"}},
         "params": {"lr": 0.1}, "hardware_class": {"arch": "x86_64", "cpu": "A", "gpus": []},
-        "outputs": [{"path": "m.npz", "digest": "blake3:o", "size": 1}],
+        "outputs": [{"path": "m.npz", "digest": "blake3:" + "0" * 64, "size": 1}],
         "metrics": {"accuracy": 0.9}, "duration": 1.5, "command": ["python", "t.py"],
         "variables": {}, "hardware": {}, "started": "2026-11-27T10:00:00Z",
         "ended": "2026-11-27T10:00:01Z",
