@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import hashlib
 import json
 import os
@@ -100,9 +101,6 @@ def _records(store: Store, report: _Report, bad_blobs: set[str]) -> None:
         except StoreError as exc:
             report.add("records", blobs.path(digest), f"record {digest}: {exc.message}",
                        "dropped from the index", lambda e=entry: e.unlink(missing_ok=True))
-    for entry in records.odd_entries():
-        report.add("records", entry, "an index entry whose name is not a record digest",
-                   "removed", lambda e=entry: _remove(e))
     report.checked["records"] = len(good)
     for pointer in records.pointers():
         problem = None
@@ -129,12 +127,28 @@ def _records(store: Store, report: _Report, bad_blobs: set[str]) -> None:
                        lambda p=pointer: _remove(p))
 
 
+def _odd_indexes(store: Store, report: _Report) -> None:
+    for entry in store.records.odd_entries():
+        report.add("records", entry, "an index entry whose name is not a record digest",
+                   "removed", lambda e=entry: _remove(e))
+    for entry in store.records.odd_indexes():
+        report.add("records", entry, "an index entry that should be a folder and is not",
+                   "removed (made again when next needed)", lambda e=entry: _remove(e))
+
+
 def _remove(path: Path) -> None:
-    """Remove a damaged entry: a file, a link (never followed) or a folder."""
+    """Remove a damaged entry: a file, a link (never followed) or a folder.
+
+    Raises:
+        OSError: it is still there (a read-only store).
+    """
     if path.is_dir() and not path.is_symlink():
         remove_tree(path)
     else:
         path.unlink(missing_ok=True)
+    if os.path.lexists(path):
+        raise OSError(errno.EROFS if not os.access(path.parent, os.W_OK) else errno.EPERM,
+                      "it could not be removed", str(path))
 
 
 def _envs(store: Store, report: _Report, advance: Any) -> None:
@@ -153,8 +167,9 @@ def _envs(store: Store, report: _Report, advance: Any) -> None:
             problem = "its files differ from what was sealed when it was built"
         except StoreError as exc:
             problem = exc.message
-        report.add("envs", path, problem, "set aside to quarantine/ (rebuilt when next used)",
-                   lambda e=env_id: store.envs.set_aside(e))
+        report.add("envs", path, problem, "set aside to quarantine/ (rebuilt when next used); "
+                   "the run keys answered by runs made in it train again",
+                   lambda e=env_id: (store.envs.set_aside(e), store.records.drop_answers(e)))
     for stray in store.envs.strays():
         report.add("envs", stray, "a folder in envs/ that is no environment (no manifest)",
                    "removed", lambda p=stray: _remove(p))
@@ -232,6 +247,7 @@ def verify(store: Store, *, repair: bool = False) -> dict[str, Any]:
         _aliases(store, report)
         _envs(store, report, advance)
     _records(store, report, bad)
+    _odd_indexes(store, report)
     _stat_cache(store, report)
     for folder in sorted(store.verifications.root.glob("*")):
         for path in sorted(folder.glob("*.json")):
@@ -264,9 +280,9 @@ def _reachable(store: Store, keep: set[str], gone: set[str], dry_run: bool) -> s
             with contextlib.suppress(StoreError):
                 reached.add(read_manifest(store.envs.path(env_id)).pylock)
     for meta in store.layers.root.glob("*.json"):
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        with contextlib.suppress(ValueError, KeyError, TypeError):
             if str(meta) not in gone:
-                reached.add(json.loads(meta.read_text())["blob"])
+                reached.add(json.loads(hashing.read_regular(meta) or b"")["blob"])
     if store.blobs.aliases.is_dir():
         for alias in store.blobs.aliases.iterdir():
             if str(alias) not in gone:
@@ -279,21 +295,23 @@ class _Collector:
 
     def __init__(self, store: Store, cutoff: float, dry_run: bool) -> None:
         self.store, self.cutoff, self.dry_run = store, cutoff, dry_run
-        held = leases.live(store.root)
+        held = leases.live(store.root, prune=not dry_run)
         self.envs = {item for kind, item in held if kind == "env"}
         self.paths = {item for kind, item in held if kind == "path"}
         self.blobs = {item for kind, item in held if kind == "blob"}
         self.removed: list[dict[str, Any]] = []
+        self.failed: list[dict[str, Any]] = []  # what could not be removed (a read-only store)
 
     def drop(self, path: Path, why: str, size: int | None = None) -> None:
-        self.removed.append({"path": str(path), "why": why,
-                             "bytes": _size(path) if size is None else size})
+        entry = {"path": str(path), "why": why, "bytes": _size(path) if size is None else size}
         if not self.dry_run:
             faults.point("gc-removing")
-            if path.is_dir() and not path.is_symlink():
-                remove_tree(path)
-            else:
-                path.unlink(missing_ok=True)
+            try:
+                _remove(path)
+            except OSError as exc:
+                self.failed.append({**entry, "error": exc.strerror or str(exc)})
+                return
+        self.removed.append(entry)
 
     def old(self, path: Path) -> bool:
         return path.stat().st_mtime < self.cutoff
@@ -307,7 +325,6 @@ class _Collector:
             self.drop(path, why)
 
     def unused_envs(self) -> None:
-        from filelock import Timeout  # noqa: PLC0415
 
         envs = self.store.envs
         for env in list_envs(self.store):
@@ -322,7 +339,7 @@ class _Collector:
                                          "bytes": env["size"]})
                     if not self.dry_run:
                         envs.remove(env["env"])
-            except Timeout:
+            except leases.Busy:
                 self.envs.add(env["env"])  # being built or checked right now
 
     def leftovers(self) -> None:
@@ -334,7 +351,7 @@ class _Collector:
             self.leftover(stray, "a folder in envs/ that is no environment (no manifest)")
         for scratch in store.scratches():
             self.leftover(scratch, "scratch folder of a command that died")
-        for sandbox in store.sandboxes.leftovers():
+        for sandbox in store.sandboxes.leftovers(prune=not self.dry_run):
             self.drop(sandbox, "sandbox of a run that died")
             if not self.dry_run:
                 sandbox.with_name(sandbox.name + ".lock").unlink(missing_ok=True)
@@ -358,6 +375,8 @@ class _Collector:
                              "digest)")
         for entry in self.store.records.odd_entries():
             self.drop(entry, "an index entry whose name is not a record digest")
+        for entry in self.store.records.odd_indexes():
+            self.drop(entry, "an index entry that should be a folder and is not")
 
     def caches(self) -> None:
         """Quarantine, layers, aliases and base notes not used since the cutoff."""
@@ -378,7 +397,8 @@ class _Collector:
         reached = _reachable(self.store, keep, gone, self.dry_run) | self.blobs
         listed = list(self.store.blobs.all())
         # read again now: a blob written since gc began was leased before it was renamed in
-        reached |= {item for kind, item in leases.live(self.store.root) if kind == "blob"}
+        reached |= {item for kind, item in leases.live(self.store.root, prune=not self.dry_run)
+                    if kind == "blob"}
         for digest, path in listed:
             if digest not in reached:
                 self.drop(path, "blob nothing needs")
@@ -411,5 +431,6 @@ def gc(store: Store, *, older_than_days: float, dry_run: bool = False,
     collector.unreachable(keep or set())
     removed = collector.removed
     return {"store": str(store.root), "removed": [r["path"] for r in removed],
+            "failed": collector.failed,
             "details": removed, "dry_run": dry_run, "freed": sum(r["bytes"] for r in removed),
             "kept_for_live_commands": sorted(collector.envs | collector.paths)}

@@ -99,7 +99,10 @@ def _intact(project: Project, env_id: str) -> bool:
     if why is None:
         return True
     moved = project.store.envs.set_aside(env_id)
-    log.warning("%s; it was moved to %s and is built again", why, moved)
+    dropped = project.store.records.drop_answers(env_id)
+    log.warning("%s; it was moved to %s and is built again%s", why, moved,
+                f"; the {len(dropped)} run key(s) answered by runs made in it train again"
+                if dropped else "")
     return False
 
 

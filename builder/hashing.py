@@ -67,14 +67,34 @@ def is_digest(text: object) -> bool:
     return isinstance(text, str) and _DIGEST.fullmatch(text) is not None
 
 
+def read_regular(path: Path, limit: int = 1 << 20) -> bytes | None:
+    """The bytes of a small file the store keeps (a pointer, an alias, a note, a lease), or
+    None when it is not a regular file: never through a link, never waiting on a FIFO."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks, left = [], limit
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 16))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def read_digest(path: Path) -> str | None:
     """The digest a small store file (a pointer, an alias) holds, or None when it is not one
-    (not a file, not ASCII, not a digest)."""
+    (not a regular file, not ASCII, not a digest)."""
+    data = read_regular(path, 256)
     try:
-        with open(path, "rb") as f:
-            data = f.read(256)
-        text = data.decode("ascii").strip()
-    except (OSError, UnicodeDecodeError):
+        text = data.decode("ascii").strip() if data is not None else ""
+    except UnicodeDecodeError:
         return None
     return text if is_digest(text) else None
 

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import fcntl
 import os
+import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
@@ -39,12 +42,55 @@ def _release() -> None:
     _shared.clear()
 
 
+class Busy(Exception):
+    """A lock another process holds (with a timeout of 0, or after the timeout)."""
+
+
+def _open_lock(path: Path) -> int:
+    """A lock file, opened (made if need be) never through a link: a link planted in the
+    store's locks/ would make repro create files wherever it points."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.EISDIR):
+            raise
+        from builder.errors import StoreError  # noqa: PLC0415
+
+        raise StoreError(f"the lock file {path} is " + ("a link, to " + os.readlink(path)
+                         if path.is_symlink() else "a folder") + ": repro locks nothing "
+                         "through one", path, hint=f"remove {path} (repro makes it again)"
+                         ) from None
+
+
+@contextlib.contextmanager
+def locked(path: Path, timeout: float = -1) -> Iterator[None]:
+    """Hold an exclusive flock on a lock file for the block: waiting for ever (-1), or up to
+    `timeout` seconds (0: not at all), then raising Busy."""
+    fd = _open_lock(path)
+    try:
+        if timeout < 0:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        else:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise Busy(str(path)) from None
+                    time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
 def share(path: Path) -> None:
     """Hold a shared flock on `path` for the rest of this process (waits for an exclusive)."""
     if path in _shared:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock(path)
     fcntl.flock(fd, fcntl.LOCK_SH)
     _shared[path] = fd
 
@@ -59,8 +105,7 @@ def release(path: Path) -> None:
 @contextlib.contextmanager
 def exclusive(path: Path) -> Iterator[bool]:
     """An exclusive flock on `path` if no one holds it shared right now (True), else False."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -107,15 +152,16 @@ def note(store: Path, kind: str, item: str) -> None:
         folder = store / "leases"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{os.getpid()}-{os.urandom(4).hex()}.lease"
-        lease = path.open("a")
+        lease = path.open("x")  # made here, exclusively: never a file or link already there
         fcntl.flock(lease.fileno(), fcntl.LOCK_EX)
         _held[store] = lease
     lease.write(f"{kind} {item}\n")
     lease.flush()
 
 
-def live(store: Path) -> set[tuple[str, str]]:
-    """Every item a live process holds; the leases of dead ones are removed."""
+def live(store: Path, *, prune: bool = True) -> set[tuple[str, str]]:
+    """Every item a live process holds; the leases of dead ones are removed (unless not
+    `prune`: a dry run changes nothing). What is not a regular lease file is skipped."""
     folder = store / "leases"
     held: set[tuple[str, str]] = set()
     if not folder.is_dir():
@@ -123,19 +169,22 @@ def live(store: Path) -> set[tuple[str, str]]:
     mine = {Path(f.name).name for f in _held.values()}
     for path in folder.glob("*.lease"):
         try:
-            f = path.open("r")
-        except FileNotFoundError:
-            continue
-        with f:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue  # gone, a link, a folder: no live process holds it
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
             if path.name not in mine:
                 try:
-                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     pass  # its process lives
                 else:
-                    path.unlink(missing_ok=True)  # its process is gone: so is the lease
+                    if prune:
+                        path.unlink(missing_ok=True)  # its process is gone: so is the lease
                     continue
-            for line in f:
-                kind, _, item = line.rstrip("\n").partition(" ")
+            for line in f.read().decode("utf-8", "replace").splitlines():
+                kind, _, item = line.partition(" ")
                 held.add((kind, item))
     return held

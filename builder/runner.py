@@ -12,12 +12,17 @@ to execute a `Job`, and what software a record should name.
 from __future__ import annotations
 
 import functools
+import logging
+import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from builder import __version__, hashing, proc
 from builder.records import Software
-from builder.store import Store, atomic_write
+from builder.store import Store, atomic_write, remove_tree
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from builder.env import BuildResult
@@ -65,15 +70,63 @@ class Runner(Protocol):
 
 def runtime_dir(store: Store) -> tuple[Path, str]:
     """A folder holding only builder/runtime.py and builder/tensordiff.py (stdlib-only modules
-    for code inside an environment), for a PYTHONPATH through which nothing else leaks."""
+    for code inside an environment), for a PYTHONPATH through which nothing else leaks.
+    Checked on every use (a few small files): one that holds anything else (a planted
+    sitecustomize.py) is set aside and made again, never put on a run's path."""
+    import tempfile  # noqa: PLC0415
+
     sources = {name: Path(__file__).with_name(name).read_bytes() for name in RUNTIME_FILES}
     digest = hashing.digest_json({k: hashing.digest_bytes(v) for k, v in sources.items()})
     root = store.runtime / digest.removeprefix(hashing.PREFIX)
-    if not (root / "builder" / "__init__.py").is_file():
-        for name, data in sources.items():
-            atomic_write(root / "builder" / name, data)
-        atomic_write(root / "builder" / "__init__.py", b"")  # last: marks the folder complete
+    if runtime_digest(root) == digest:
+        return root, digest
+    store.runtime.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=store.runtime, prefix=".tmp-"))
+    for name, data in {**sources, "__init__.py": b""}.items():
+        atomic_write(tmp / "builder" / name, data)
+    if os.path.lexists(root) and runtime_digest(root) != digest:
+        moved = store.quarantine_file(root)
+        log.warning("%s held more or other than repro's runtime; set aside to %s and made "
+                    "again", root, moved)
+    try:
+        os.rename(tmp, root)
+    except OSError:  # another command made it first
+        remove_tree(tmp)
+        if runtime_digest(root) != digest:
+            raise
     return root, digest
+
+
+def runtime_digest(root: Path) -> str | None:
+    """The digest a runtime folder's files make (its name, when it is whole), or None when it
+    holds anything else than regular files in builder/ and an empty builder/__init__.py."""
+    files = _runtime_files(root)
+    if files is None or files.pop("builder/__init__.py", None) != b"" or not files or any(
+            not k.startswith("builder/") or "/" in k[8:] for k in files):
+        return None
+    return hashing.digest_json({k[8:]: hashing.digest_bytes(v) for k, v in files.items()})
+
+
+def _runtime_files(root: Path) -> dict[str, bytes] | None:
+    """Every file below a runtime folder, or None if it holds a link, a special file, a large
+    file or a folder other than builder/ (a link in its own place is never followed)."""
+    try:
+        if not stat.S_ISDIR(os.lstat(root).st_mode):
+            return None
+    except OSError:
+        return None
+    files: dict[str, bytes] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        if os.path.relpath(dirpath, root) not in (".", "builder"):
+            return None
+        for name in [*dirnames, *filenames]:
+            full = os.path.join(dirpath, name)
+            st = os.lstat(full)
+            if stat.S_ISREG(st.st_mode) and st.st_size <= 1 << 20:  # repro's modules are small
+                files[os.path.relpath(full, root)] = Path(full).read_bytes()
+            elif not stat.S_ISDIR(st.st_mode):
+                return None
+    return files
 
 
 def software(python: str, packages: dict[str, str], pylock_digest: str, runtime_digest: str,

@@ -2,8 +2,11 @@
 
     tree         BLAKE3 over every entry (path, type, mode, content digest or link target):
                  what `repro cache verify` checks, reading every byte
-    fingerprint  BLAKE3 over every entry's path, type, mode, size and mtime: what `repro build`
-                 and `repro run` check before they use an env (a stat per file, no reads)
+    fingerprint  BLAKE3 over every entry's path, type, mode, size, mtime and ctime: what
+                 `repro build` and `repro run` check before they use an env (a stat per file,
+                 no reads). The ctime cannot be set back (`touch` sets the mtime, and moves
+                 the ctime to now), so an edit that keeps the size and mtime is still seen;
+                 copying the store elsewhere changes every ctime, and its envs are rebuilt.
 
 Both leave out the manifest (written after sealing, touched on every use), and nothing else:
 bytecode under `__pycache__` is what Python runs, so it counts. The build compiles every
@@ -51,8 +54,8 @@ def _digest(lines: list[str]) -> str:
 
 
 def fingerprint(root: Path) -> str:
-    """Paths, types, modes, sizes and mtimes (no contents)."""
-    return _digest([f"{rel}\0{st.st_mode}\0{st.st_size}\0{st.st_mtime_ns}\n"
+    """Paths, types, modes, sizes, mtimes and ctimes (no contents)."""
+    return _digest([f"{rel}\0{st.st_mode}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n"
                     for rel, st in _walk(root)])
 
 

@@ -85,6 +85,12 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+# Every area of the store (and objects/tmp): `Store.open` refuses a store where one is a link.
+AREAS = ("objects", "objects/tmp", "sha256", "quarantine", "envs", "locks", "leases", "runs",
+         "by-recipe", "by-output", "verifications", "layers", "bases", "images", "sandbox",
+         "tmp", "cache", "runtime", "logs", "buildah", "blobs")
+
+
 def _hex(digest: str) -> str:
     return digest.removeprefix(hashing.PREFIX)
 
@@ -101,13 +107,10 @@ def _listing(folder: Path) -> list[str]:
             if hashing.is_digest(hashing.PREFIX + p.name)]
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path, timeout: float) -> Iterator[None]:
-    from filelock import FileLock  # noqa: PLC0415
+def _file_lock(path: Path, timeout: float) -> contextlib.AbstractContextManager[None]:
+    from builder import leases  # noqa: PLC0415
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(path, timeout=timeout):
-        yield
+    return leases.locked(path, timeout)
 
 
 class Envs:
@@ -238,7 +241,10 @@ class Records:
         _touch(self.root / "by-recipe" / record.recipe.name / h)
         if record.succeeded:
             for out in record.outputs:
-                _touch(self.root / "by-output" / _hex(out.digest) / h)
+                folder = self.root / "by-output" / _hex(out.digest)
+                if os.path.lexists(folder) and not folder.is_dir():  # damaged: not a folder
+                    folder.unlink()
+                _touch(folder / h)
             pointer = self.root / "runs" / _hex(record.run_key)
             if pointer.is_dir() and not pointer.is_symlink():  # damaged: a folder in its place
                 remove_tree(pointer)
@@ -290,6 +296,28 @@ class Records:
                                 if record.run_key != run_key else "a failed run")
                              + ": the pointer is damaged", path)
         return digest, record
+
+    def drop_answers(self, env_id: str) -> list[Path]:
+        """Stop every record made in an env from answering its key (the env was found
+        tampered: what ran in it is not trusted, so those keys train again). The records
+        stay, as history. Returns the pointers removed."""
+        dropped = []
+        for pointer in self.pointers():
+            digest = hashing.read_digest(pointer)
+            try:
+                made_in = self.get(digest).env if digest else None
+            except StoreError:
+                continue
+            if made_in == env_id:
+                pointer.unlink(missing_ok=True)
+                dropped.append(pointer)
+        return dropped
+
+    def odd_indexes(self) -> list[Path]:
+        """by-output/ and by-recipe/ entries that should be folders and are not."""
+        return [p for area in ("by-output", "by-recipe")
+                for p in sorted((self.root / area).glob("*"))
+                if not p.is_dir() or p.is_symlink()]
 
     def of_recipe(self, recipe_name: str) -> list[str]:
         return _listing(self.root / "by-recipe" / recipe_name)
@@ -447,13 +475,13 @@ class Sandboxes:
     def create(self, *, keep: bool = False) -> Iterator[Path]:
         """A new, empty sandbox folder; removed afterwards unless `keep` (then marked kept, so
         gc leaves it until it is older than its cutoff)."""
-        from filelock import FileLock  # noqa: PLC0415
+        from builder import leases  # noqa: PLC0415
 
         self.root.mkdir(parents=True, exist_ok=True)
         folder = self.root / f"run-{os.getpid()}-{os.urandom(6).hex()}"
-        lock = FileLock(folder.with_name(folder.name + ".lock"))
+        lock = folder.with_name(folder.name + ".lock")
         try:
-            with lock:  # held before the folder exists: gc never sees it unheld
+            with leases.locked(lock):  # held before the folder exists: gc never sees it unheld
                 folder.mkdir(mode=0o700)
                 try:
                     yield folder
@@ -464,26 +492,28 @@ class Sandboxes:
                         remove_tree(folder)
         finally:
             if not keep:
-                Path(lock.lock_file).unlink(missing_ok=True)
+                lock.unlink(missing_ok=True)
 
-    def leftovers(self) -> list[Path]:
-        """Sandboxes whose run is gone (killed before it could clean up): their lock is free."""
-        from filelock import FileLock, Timeout  # noqa: PLC0415
+    def leftovers(self, *, prune: bool = True) -> list[Path]:
+        """Sandboxes whose run is gone (killed before it could clean up): their lock is free.
+        With `prune`, locks whose sandbox is gone are removed too."""
+        from builder import leases  # noqa: PLC0415
 
         if not self.root.is_dir():
             return []
         dead = []
-        for lock in self.root.glob("*.lock"):  # a lock whose sandbox is gone
+        for lock in self.root.glob("*.lock") if prune else []:  # a lock whose sandbox is gone
             if not lock.with_suffix("").exists():
-                with contextlib.suppress(Timeout), FileLock(lock, timeout=0):
+                with contextlib.suppress(leases.Busy, OSError), leases.locked(lock, 0):
                     lock.unlink(missing_ok=True)
-        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+        for folder in sorted(p for p in self.root.iterdir()
+                             if p.is_dir() and not p.is_symlink()):
             if folder.with_name(folder.name + ".kept").exists():
                 continue  # --keep-sandbox: a cache of its own, gc'd by age
             try:
-                with FileLock(folder.with_name(folder.name + ".lock"), timeout=0):
+                with leases.locked(folder.with_name(folder.name + ".lock"), 0):
                     dead.append(folder)
-            except Timeout:
+            except (leases.Busy, OSError):
                 continue
         return dead
 
@@ -514,8 +544,22 @@ class Store:
     root: Path
 
     @classmethod
-    def open(cls, root: Path | None = None) -> Store:
-        return cls((root or default_home()).resolve())
+    def open(cls, root: Path | None = None, *, check: bool = True) -> Store:
+        """The store at `root` (REPRO_HOME, or the platform's cache folder).
+
+        Raises:
+            StoreError: one of its areas is a link (unless not `check`: `cache verify` opens
+                it anyway, to list and repair).
+        """
+        store = cls((root or default_home()).resolve())
+        if check:
+            linked = [p for p in (store.root / a for a in AREAS) if p.is_symlink()]
+            if linked:
+                raise StoreError(f"{linked[0]} is a link, to {os.readlink(linked[0])}: the "
+                                 "store's areas are folders repro makes, and it writes "
+                                 "nothing through a link", linked[0],
+                                 hint="remove the link (or run `repro cache verify --repair`)")
+        return store
 
     @functools.cached_property
     def blobs(self) -> Blobs:

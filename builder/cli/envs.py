@@ -168,8 +168,9 @@ def cache_verify(recipe: str | None, repair: bool) -> None:
 
     Exit 0 when all is well, 1 when anything was wrong (repaired or not: the list says)."""
     from builder.cache import verify  # noqa: PLC0415
+    from builder.store import Store  # noqa: PLC0415
 
-    result = verify(_store(), repair=repair)
+    result = verify(Store.open(check=False), repair=repair)  # a link in the store: listed
     checked = result["checked"]
     lines = [f"checked {checked.get('blobs', 0)} blobs ({checked.get('blob_bytes', 0) / 1e6:.1f}"
              f" MB), {checked.get('envs', 0)} environments, {checked.get('records', 0)} "
@@ -199,7 +200,12 @@ def cache_gc(recipe: str | None, days: float, dry_run: bool) -> None:
 
     result = gc(_store(), older_than_days=days, dry_run=dry_run, keep=_baseline_outputs(recipe))
     verb = "would remove" if dry_run else "removed"
-    _emit(result, f"{verb} {len(result['removed'])} entries, {result['freed'] / 1e6:.1f} MB")
+    lines = [f"{verb} {len(result['removed'])} entries, {result['freed'] / 1e6:.1f} MB"]
+    lines += [f"could not remove {f['path']} ({f['why']}): {f['error']}"
+              for f in result["failed"]]
+    _emit(result, "\n".join(lines))
+    if result["failed"]:  # a read-only store: said per path, and not a success
+        raise click.exceptions.Exit(3)
 
 
 def _baseline_outputs(recipe: str | None) -> set[str]:

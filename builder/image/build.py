@@ -27,7 +27,7 @@ from builder.image import layout, tarball
 from builder.progress import progress
 from builder.project import Project
 from builder.resolve import source_args
-from builder.store import atomic_write
+from builder.store import atomic_write, remove_tree
 
 if TYPE_CHECKING:
     from builder.blobs import Blobs
@@ -103,7 +103,10 @@ def _package_layer(project: Project, pkg: pylock.Package) -> tuple[tarball.Layer
         "platform": recipe.environment.platform, "prefix": SITE, "mtime": recipe.image.mtime})
     meta = store.layers.path(key)
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError, StoreError):
-        known = json.loads(meta.read_text())
+        known = json.loads(hashing.read_regular(meta) or b"")
+        if store.blobs.by_sha256(known["digest"]) != known["blob"] \
+                or store.blobs.path(known["blob"]).stat().st_size != known["size"]:
+            raise ValueError("a note that disagrees with its blob: the layer is built again")
         if store.blobs.verify(known["blob"]):
             store.layers.use(key, known["blob"])
             return tarball.Layer(known["diff_id"], known["digest"], known["size"], None,
@@ -130,6 +133,8 @@ def _package_layer(project: Project, pkg: pylock.Package) -> tuple[tarball.Layer
                                   "(images never build sdists)") from exc
         normalise(target)
         built = tarball.write_layer([(target, SITE)], recipe.image.mtime, store.blobs)
+    if meta.is_dir() and not meta.is_symlink():  # damage in a note's place
+        remove_tree(meta)
     atomic_write(meta, json.dumps({"diff_id": built.diff_id, "digest": built.digest,
                                    "size": built.size, "blob": built.blob}).encode())
     return built, False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from builder.errors import InputError
+from builder.errors import InputError, StoreError
 from builder.hashing import sha256_digest as _sha256
 from builder.image.tarball import Layer
 from builder.store import atomic_write, replacing
@@ -92,14 +93,38 @@ def copy_layer(layer: Layer, dest: BinaryIO, blobs: Blobs | None) -> None:
             dest.write(chunk)
 
 
+class _Described:
+    """A stored layer's stream, checked at its last byte against its descriptor too (the
+    sha256 and size the layer note says): a note that lies is damage, never a broken image."""
+
+    def __init__(self, reader: CheckedReader, layer: Layer) -> None:
+        self.reader, self.layer = reader, layer
+        self.sha = hashlib.sha256()
+        self.done = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.reader.read(n)
+        self.sha.update(data)
+        self.done += len(data)
+        if self.done >= len(self.reader) and (
+                self.done != self.layer.size
+                or "sha256:" + self.sha.hexdigest() != self.layer.digest):
+            raise StoreError(f"the stored layer {self.layer.blob} is not what its note says "
+                             f"({self.layer.digest}, {self.layer.size} bytes): the note is "
+                             "damaged", hint="run `repro cache verify --repair`, then build "
+                                             "again (the layer is rebuilt)")
+        return data
+
+
 @contextlib.contextmanager
-def open_layer(layer: Layer, blobs: Blobs | None) -> Iterator[BinaryIO | CheckedReader]:
-    """A layer's gzip blob as a stream (the store's copy is checked as it is read)."""
+def open_layer(layer: Layer, blobs: Blobs | None) -> Iterator[BinaryIO | _Described]:
+    """A layer's gzip blob as a stream (the store's copy is checked as it is read, against
+    its BLAKE3 and its descriptor's sha256 and size)."""
     if layer.data is not None:
         yield io.BytesIO(layer.data)
     elif blobs is not None and layer.blob is not None:
         with blobs.reader(layer.blob) as reader:
-            yield reader
+            yield _Described(reader, layer)
     else:
         raise ValueError(f"layer {layer.digest} has no bytes here")
 

@@ -190,7 +190,7 @@ def test_gc_refuses_a_store_with_links_out_of_it(project: Path, isolated: Path,
     tmp.symlink_to(victim)
     gc = repro("cache", "gc", "--older-than", "0", cwd=project)
     assert gc.code == 3, gc.err
-    assert "links where repro makes none" in gc.err and str(tmp) in gc.err
+    assert "is a link" in gc.err and str(tmp) in gc.err  # refused before anything is read
     listed = repro("cache", "verify", "--repair", "--json", cwd=project)
     assert listed.code == 1
     assert [p["path"] for p in listed.json["problems"]] == [str(tmp)]
@@ -601,3 +601,95 @@ def test_hostile_bases_are_refused_with_memory_bounded(
         assert message in r.err, (name, r.err)
         assert "Traceback" not in r.err
         assert not (project / "image").exists()
+
+
+# -- a second attacker's pass: what runs beside the env, notes that lie, what never ends ---
+def test_a_planted_runtime_file_never_reaches_a_run(project: Path, isolated: Path) -> None:
+    first = repro("run", "--json", cwd=project).json
+    runtime = next((isolated / "runtime").iterdir())
+    (runtime / "sitecustomize.py").write_text(
+        "import atexit\natexit.register(lambda: open('model.npz', 'ab').write(b'EVIL'))\n")
+    again = repro("run", "--no-cache", "--json", cwd=project)
+    assert again.code == 0, again.err
+    assert "held more or other than repro's runtime" in again.err
+    assert again.json["outputs"] == first["outputs"]
+    assert not (project / "model.npz").read_bytes().endswith(b"EVIL")
+    sound(project)
+
+
+def test_an_env_edit_that_keeps_size_and_mtime_is_still_seen(project: Path,
+                                                            isolated: Path) -> None:
+    first = repro("run", "--json", cwd=project).json
+    version = Path(repro("build", "--json", cwd=project).json["path"]) \
+        / "lib/python3.11/site-packages/numpy/version.py"
+    st = version.stat()
+    os.chmod(version.parent, 0o755)  # noqa: S103  (undoing the seal, as an attacker would)
+    os.chmod(version, 0o644)
+    text = version.read_bytes()
+    version.write_bytes(text[:-4] + b"#EVL")  # the same size
+    os.chmod(version, st.st_mode)
+    os.chmod(version.parent, 0o555)  # noqa: S103  (as the seal left it)
+    os.utime(version, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the same mtime
+    again = repro("run", "--no-cache", "--json", cwd=project)
+    assert again.code == 0, again.err
+    assert "was changed after it was built" in again.err
+    assert again.json["outputs"] == first["outputs"]
+
+
+def test_a_layer_note_that_lies_is_rebuilt(project: Path, isolated: Path) -> None:
+    first = repro("build", "--image", "-o", "one", "--json", cwd=project)
+    assert first.code == 0, first.err
+    for note in (isolated / "layers").glob("*.json"):
+        data = json.loads(note.read_text())
+        note.write_text(json.dumps({**data, "digest": "sha256:" + "cd" * 32,
+                                    "diff_id": "sha256:" + "ab" * 32}))
+    second = repro("build", "--image", "-o", "two", "--json", cwd=project)
+    assert second.code == 0, second.err
+    assert second.json["image"] == first.json["image"]
+    assert (project / "one.tar").read_bytes() == (project / "two.tar").read_bytes()
+
+
+def test_fifos_and_folders_in_the_stores_files_never_hang_a_command(
+    project: Path, isolated: Path,
+) -> None:
+    first = repro("run", "--json", cwd=project).json
+    assert repro("build", "--image", "-o", "one", cwd=project).code == 0
+    pointer = isolated / "runs" / first["run_key"].removeprefix("blake3:")
+    pointer.unlink()
+    os.mkfifo(pointer)
+    os.mkfifo(next((isolated / "sha256").iterdir()).with_name("f" * 64))
+    note = next((isolated / "layers").glob("*.json"))
+    note.unlink()
+    note.mkdir()
+    (isolated / "leases").mkdir(exist_ok=True)
+    os.mkfifo(isolated / "leases" / "1-aa.lease")
+    (isolated / "leases" / "999-dead.lease").write_text("blob x\n")
+    for args in (["run", "--json"], ["build", "--image", "-o", "two"],
+                 ["cache", "gc", "--dry-run", "--older-than", "0"]):
+        done = repro(*args, cwd=project, timeout=300)
+        assert done.code == 0, (args, done.err)
+    assert (isolated / "leases" / "999-dead.lease").exists()  # a dry run removes nothing
+    listed = repro("cache", "verify", "--repair", "--json", cwd=project, timeout=300)
+    assert listed.code == 1, listed.err
+    assert repro("cache", "gc", "--older-than", "0", cwd=project, timeout=300).code == 0
+    sound(project)
+
+
+def test_a_link_planted_as_a_lock_file_is_refused(project: Path, isolated: Path,
+                                                   tmp_path: Path) -> None:
+    built = repro("build", "--json", cwd=project).json
+    use = isolated / "locks" / f"{built['env'].removeprefix('blake3:')}.use"
+    use.unlink(missing_ok=True)
+    use.symlink_to(tmp_path / "created-by-repro")
+    again = repro("build", cwd=project)
+    assert again.code == 3, again.err
+    assert "is a link" in again.err
+    assert not (tmp_path / "created-by-repro").exists()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    locks = isolated / "locks"
+    shutil.rmtree(locks)
+    locks.symlink_to(outside)
+    refused = repro("run", cwd=project)
+    assert refused.code == 3 and "is a link" in refused.err
+    assert list(outside.iterdir()) == []
