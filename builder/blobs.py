@@ -64,9 +64,10 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def _kernel_copy(source: BinaryIO, dest: BinaryIO, size: int) -> bool:
-    """Copy `size` bytes with copy_file_range(2) (a reflink where the file system has them);
-    False, with nothing copied, where the kernel can't between these two files."""
+def kernel_copy(source: BinaryIO, dest: BinaryIO, size: int) -> bool:
+    """Copy `size` bytes with copy_file_range(2), which shares blocks where the file system
+    can (btrfs, XFS) and copies in the kernel elsewhere; False, with nothing copied, where
+    the kernel can't between these two files."""
     dest.flush()
     done = 0
     while done < size:
@@ -101,7 +102,7 @@ class BlobWriter:
         """Copy a whole file in the kernel, then hash what landed (mapped, multi-threaded);
         False (nothing written) where the kernel can't copy or a SHA-256 is wanted too."""
         size = os.fstat(source.fileno()).st_size
-        if self.sha is not None or self.size or not _kernel_copy(source, self.file, size):
+        if self.sha is not None or self.size or not kernel_copy(source, self.file, size):
             return False
         self.file.flush()
         self.copied = Stored(hashing.file_digest(self.path), self.path.stat().st_size, None)
@@ -294,19 +295,12 @@ class Blobs:
         Raises:
             StoreError: it is missing. CorruptBlob: something else is in its place.
         """
-        path = self.path(digest)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            return os.fdopen(hashing.open_regular(self.path(digest)), "rb")
         except FileNotFoundError:
             raise self.missing(digest) from None
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:  # a symlink in a blob's place
-                raise self._corrupt(digest) from None
-            raise
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise self._corrupt(digest)
-        return os.fdopen(fd, "rb")
+        except hashing.NotRegular:
+            raise self._corrupt(digest) from None
 
     def get(self, digest: str, *, quarantine: bool = True) -> bytes:
         """A blob, checked against its digest.
@@ -336,7 +330,7 @@ class Blobs:
             size = os.fstat(f.fileno()).st_size
             name = getattr(dest, "name", None)
             if isinstance(name, str) and dest.seekable() and dest.tell() == 0 \
-                    and _kernel_copy(f, dest, size):
+                    and kernel_copy(f, dest, size):
                 dest.flush()
                 got = hashing.file_digest(Path(name))
             else:

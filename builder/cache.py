@@ -224,8 +224,8 @@ def verify(store: Store, *, repair: bool = False) -> dict[str, Any]:
         report.add("store", link, f"a link in the store (to {os.readlink(link)}); repro makes "
                    "none there, and gc refuses to run while one is", "removed (the link only)",
                    lambda p=link: p.unlink(missing_ok=True))
-    everything = list(store.blobs.all())
-    total = sum(p.stat().st_size for _, p in everything)
+    everything = [(digest, path, path.stat().st_size) for digest, path in store.blobs.all()]
+    total = sum(size for _, _, size in everything)
     envs = sum(_size(store.envs.path(e)) for e in store.envs.ids())
     started = time.perf_counter()
     bad: set[str] = set()
@@ -233,8 +233,7 @@ def verify(store: Store, *, repair: bool = False) -> dict[str, Any]:
         report.add("blobs", stray, "not a blob (a link, a device, a folder or a name that is "
                    "no digest)", "removed", lambda p=stray: _remove(p))
     with progress("Verifying the store", total + envs, unit="bytes") as advance:
-        for digest, path in everything:
-            size = path.stat().st_size
+        for digest, path, size in everything:
             if hashing.file_digest(path, size) != digest:
                 bad.add(digest)
                 report.add("blobs", path, f"blob {digest}: its bytes no longer have its digest",

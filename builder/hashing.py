@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -67,16 +68,37 @@ def is_digest(text: object) -> bool:
     return isinstance(text, str) and _DIGEST.fullmatch(text) is not None
 
 
-def read_regular(path: Path, limit: int = 1 << 20) -> bytes | None:
-    """The bytes of a small file the store keeps (a pointer, an alias, a note, a lease), or
-    None when it is not a regular file: never through a link, never waiting on a FIFO."""
+class NotRegular(OSError):
+    """A link, a device, a FIFO or a folder where the store keeps a regular file."""
+
+
+def open_regular(path: Path | str) -> int:
+    """A read-only fd on a regular file the store keeps: never opened through a link, never
+    waiting on a FIFO (a planted one would hang the command).
+
+    Raises:
+        FileNotFoundError: it is not there. NotRegular: something else is in its place.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotRegular(errno.ELOOP, "a link where a file belongs", str(path)) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotRegular(errno.EINVAL, "not a regular file", str(path))
+    return fd
+
+
+def read_regular(path: Path, limit: int = 1 << 20) -> bytes | None:
+    """The bytes of a small file the store keeps (a pointer, an alias, a note), or None when
+    it is not a regular file (`open_regular`) or cannot be read."""
+    try:
+        fd = open_regular(path)
     except OSError:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
         chunks, left = [], limit
         while left > 0 and (chunk := os.read(fd, min(left, 1 << 16))):
             chunks.append(chunk)

@@ -18,11 +18,12 @@ import contextlib
 import errno
 import fcntl
 import os
-import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
+
+from builder import hashing
 
 _held: dict[Path, TextIO] = {}  # store root → this process's open, locked lease file
 _shared: dict[Path, int] = {}  # path → an fd holding a shared flock on it
@@ -169,12 +170,10 @@ def live(store: Path, *, prune: bool = True) -> set[tuple[str, str]]:
     mine = {Path(f.name).name for f in _held.values()}
     for path in folder.glob("*.lease"):
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = hashing.open_regular(path)
         except OSError:
-            continue  # gone, a link, a folder: no live process holds it
+            continue  # gone, a link, a folder, a FIFO: no live process holds it
         with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                continue
             if path.name not in mine:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

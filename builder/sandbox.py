@@ -20,7 +20,6 @@ afterwards unless `--keep-sandbox`.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import logging
 import os
@@ -48,7 +47,6 @@ SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 # Folders a run must never write into: version control, environments, tool caches, locks
 NEVER_OUTPUTS = (".git", ".venv", "venv", ".hg", ".svn", "__pycache__", ".pytest_cache",
                  ".mypy_cache", ".ruff_cache", "lockfiles", ".repro", ".github", ".gitlab")
-_FICLONE = 0x40049409  # ioctl: share the blocks of a file (btrfs, XFS), copy-on-write
 
 
 @functools.cache
@@ -95,12 +93,12 @@ def _say_no_bwrap() -> None:
 
 
 def copy_file(src: Path, dest: Path) -> None:
-    """A private copy of a file with its mode: a reflink where the filesystem shares blocks,
-    else the bytes; never a hard link."""
+    """A private copy of a file with its mode (`blobs.kernel_copy`: shared blocks where the
+    file system can, else the bytes); never a hard link."""
+    from builder.blobs import kernel_copy  # noqa: PLC0415
+
     with src.open("rb") as fin, dest.open("wb") as fout:
-        try:
-            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
-        except OSError:
+        if not kernel_copy(fin, fout, os.fstat(fin.fileno()).st_size):
             shutil.copyfileobj(fin, fout, 1 << 20)
     os.chmod(dest, stat.S_IMODE(src.stat().st_mode))
 

@@ -31,9 +31,12 @@ class Seal(NamedTuple):
     files: int
 
 
-def _walk(root: Path) -> list[tuple[str, os.stat_result]]:
+Entries = list[tuple[str, os.stat_result]]
+
+
+def _walk(root: Path) -> Entries:
     """Every entry below root (relative path, lstat), sorted; the manifest left out."""
-    found: list[tuple[str, os.stat_result]] = []
+    found: Entries = []
 
     def scan(folder: str, prefix: str) -> None:
         with os.scandir(folder) as entries:
@@ -53,17 +56,17 @@ def _digest(lines: list[str]) -> str:
     return hashing.digest_bytes("".join(lines).encode("utf-8", "surrogateescape"))
 
 
-def fingerprint(root: Path) -> str:
+def fingerprint(root: Path, entries: Entries | None = None) -> str:
     """Paths, types, modes, sizes, mtimes and ctimes (no contents)."""
     return _digest([f"{rel}\0{st.st_mode}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n"
-                    for rel, st in _walk(root)])
+                    for rel, st in (_walk(root) if entries is None else entries)])
 
 
-def tree(root: Path) -> tuple[str, int]:
+def tree(root: Path, entries: Entries | None = None) -> tuple[str, int]:
     """(the content digest of every entry, how many entries)."""
     lines = []
     base = str(root)
-    for rel, st in _walk(root):
+    for rel, st in _walk(root) if entries is None else entries:
         full = os.path.join(base, rel)
         if stat.S_ISLNK(st.st_mode):
             what = "link\0" + os.readlink(full)
@@ -84,5 +87,6 @@ def seal(root: Path) -> Seal:
             st = os.lstat(path)
             if not stat.S_ISLNK(st.st_mode):
                 os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o222)
-    content, files = tree(root)
-    return Seal(content, fingerprint(root), files)
+    entries = _walk(root)  # one walk for both
+    content, files = tree(root, entries)
+    return Seal(content, fingerprint(root, entries), files)

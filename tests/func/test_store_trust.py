@@ -693,3 +693,33 @@ def test_a_link_planted_as_a_lock_file_is_refused(project: Path, isolated: Path,
     refused = repro("run", cwd=project)
     assert refused.code == 3 and "is a link" in refused.err
     assert list(outside.iterdir()) == []
+
+
+@pytest.mark.skipif(shutil.which("chattr") is None, reason="needs chattr(1) (e2fsprogs)")
+def test_what_could_not_be_removed_is_said_never_counted_as_done(
+    project: Path, isolated: Path,
+) -> None:
+    """An entry that cannot be removed (immutable here; a read-only store alike): verify
+    --repair and gc say so per path, and gc exits 3."""
+    assert repro("run", cwd=project).code == 0
+    stray = isolated / "envs" / ("e" * 64)
+    (stray / "lib").mkdir(parents=True)
+    (stray / "lib" / "x").write_text("x")
+    locked = subprocess.run(["chattr", "+i", str(stray / "lib")], capture_output=True,
+                            text=True, check=False)
+    if locked.returncode != 0:
+        pytest.skip(f"chattr +i does not work on this file system: {locked.stderr.strip()}")
+    try:
+        fixed = repro("cache", "verify", "--repair", "--json", cwd=project)
+        assert fixed.code == 1, fixed.err
+        [problem] = fixed.json["problems"]
+        assert problem["path"] == str(stray)
+        assert problem["repair"].startswith("could not repair")
+        gc = repro("cache", "gc", "--older-than", "0", "--json", cwd=project)
+        assert gc.code == 3, gc.err
+        assert [f["path"] for f in gc.json["failed"]] == [str(stray)]
+        assert str(stray) not in gc.json["removed"]
+    finally:
+        subprocess.run(["chattr", "-i", str(stray / "lib")], check=False)
+    assert repro("cache", "gc", "--older-than", "0", cwd=project).code == 0
+    assert not stray.exists()
