@@ -76,11 +76,16 @@ def _reap() -> None:
 
 def _end_tree(group: int, grace: float) -> None:
     """SIGTERM to everything below us, a grace period, then SIGKILL; reap it all."""
+    _reap()  # what already exited and was re-parented to us (bwrap's own processes)
+    if not _descendants(os.getpid()):
+        return  # nothing left behind: the usual end, without a sleep
     _signal_tree(group, signal.SIGTERM)
     deadline = time.monotonic() + grace
+    pause = 0.002  # most trees end at once (bwrap's own process, a moment after bwrap)
     while time.monotonic() < deadline and _descendants(os.getpid()):
         _reap()
-        time.sleep(0.05)
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
     _signal_tree(group, signal.SIGKILL)
     while _descendants(os.getpid()):
         _reap()
