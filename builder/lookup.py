@@ -7,7 +7,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from builder import hashing
 from builder.errors import InputError, StoreError
@@ -16,6 +16,9 @@ from builder.project import Project
 from builder.recipe import RECIPE_FILE, Recipe
 from builder.records import RunRecord
 from builder.store import Store
+
+if TYPE_CHECKING:
+    from builder.remote import Remote
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +71,38 @@ def summaries(store: Store, digests: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def lookup(target: str | None, *, store: Store, recipe_hint: str | None = None) -> Found:
+def lookup(target: str | None, *, store: Store, recipe_hint: str | None = None,
+           remote: Remote | None = None) -> Found:
     """Which runs match a target: a file (which run made it?), a recipe (is it trained?),
     a run key / record digest (whole or 8+ hex characters), or an image (an OCI layout
-    folder, or a manifest digest repro built): which recipe, env and lock made it.
+    folder, or a manifest digest repro built): which recipe, env and lock made it. What the
+    store does not know is asked of the remote, when there is one (one GET per identity).
 
     Raises:
         InputError: the target is none of these.
     """
+    found = _local(target, store, recipe_hint)
+    if found.found or remote is None or not found.digest or found.kind == "image":
+        return found
+    if found.kind == "file":
+        answer = remote.safely("not found there", lambda: remote.producer(found.digest), None)
+    else:  # a recipe's run key, or a whole run key
+        answer = remote.safely("not found there", lambda: _remote_run(remote, found.digest),
+                               None)
+    if answer is None:
+        return found
+    row = {**summary(store, *answer), "remote": remote.url}
+    return Found(found.kind, found.target, found.digest, [row])
+
+
+def _remote_run(remote: Remote, run_key: str) -> tuple[str, RunRecord] | None:
+    from builder.remote import Moved  # noqa: PLC0415
+
+    hit = remote.find_run(run_key)
+    return remote.record_of(run_key, hit[0], Moved()) if hit else None
+
+
+def _local(target: str | None, store: Store, recipe_hint: str | None) -> Found:  # noqa: PLR0911
     if target is None:
         return _recipe_lookup(Project.open(recipe_hint, store=store, mode="locked"))
     path = Path(target)
@@ -90,7 +117,9 @@ def lookup(target: str | None, *, store: Store, recipe_hint: str | None = None) 
     record = store.records.find(target)
     if record is not None:
         return Found("run", target, record, [summary(store, record)])
-    if re.fullmatch(r"(blake3:)?[0-9a-f]{8,64}", target):
+    if re.fullmatch(r"(blake3:)?[0-9a-f]{64}", target):
+        return Found("run", target, hashing.PREFIX + target.removeprefix(hashing.PREFIX), [])
+    if re.fullmatch(r"(blake3:)?[0-9a-f]{8,63}", target):
         return Found("run", target, "", [])
     raise InputError(f"{target} is not a file, a recipe, or a run key",
                      hint="give a model file, a repro.toml (or its folder), or a run key")

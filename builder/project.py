@@ -23,6 +23,7 @@ from builder.store import Store
 if TYPE_CHECKING:
     from builder.inputs import CodeState
     from builder.lock import Lock
+    from builder.remote import Remote
 
 log = logging.getLogger(__name__)
 MODES = ("auto", "locked", "frozen")
@@ -53,6 +54,7 @@ class Project:
         self.store = store
         self.options = options
         self.relocked = False
+        self.remote: Remote | None = None  # the remote cache this command uses, if any
 
     @classmethod
     def open(

@@ -1,24 +1,36 @@
 """A small OCI distribution client: pull manifests and blobs by digest, push an image.
 
-Anonymous and bearer-token auth (the WWW-Authenticate challenge every Distribution-compatible
-registry uses: Docker Hub, GHCR, Harbor, ECR public, the CNCF registry). Plain HTTP only for
-loopback hosts, as Docker does; everything read is checked against its digest.
+Basic and bearer-token auth (the WWW-Authenticate challenges Distribution-compatible registries
+use: Docker Hub, GHCR, Harbor, ECR, the CNCF registry), with the credentials Docker's tools
+keep (builder/credentials.py). 429s, 5xx answers and dropped connections are tried again with
+backoff; a redirect to another host (object storage) loses the Authorization header. Plain
+HTTP only for loopback hosts, as Docker does; everything read is checked against its digest.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
+import logging
 import re
+import socket
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from builder.errors import InputError, RegistryError
 from builder.hashing import sha256_digest as sha256
+
+if TYPE_CHECKING:
+    from builder.credentials import Credentials
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
@@ -76,12 +88,48 @@ class Reference:
             f"@{self.digest}" if self.digest else "")
 
 
+class _Transient(Exception):
+    """A failure worth another try: 429, a 5xx, a dropped or timed-out connection."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+RETRY_STATUS = (429, 500, 502, 503, 504)
+RETRIES = 5  # after the first try: 0.25 + 0.5 + 1 + 2 + 4 s of waiting at most
+BACKOFF = 0.25
+MAX_WAIT = 8.0  # a Retry-After longer than this is cut to it
+_NETWORK = (ConnectionError, TimeoutError, http.client.HTTPException, urllib.error.URLError)
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect (a blob served from object storage), dropping the Authorization
+    header when it leads to another host: a token is for its registry alone."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                         headers: Any, newurl: str) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and urllib.parse.urlsplit(newurl).netloc != \
+                urllib.parse.urlsplit(req.full_url).netloc:
+            new.remove_header("Authorization")
+        return new
+
+
+_OPENER = urllib.request.build_opener(_Redirects)
+Opener = Callable[[], contextlib.AbstractContextManager[Any]]  # a stream with read()
+
+
 class Registry:
+    """One registry host: its scheme, its credentials and the token it gave."""
+
     def __init__(self, host: str, timeout: float = 60) -> None:
         self.host = host
         self.scheme = "http" if _LOOPBACK.match(host) else "https"
         self.timeout = timeout
-        self.token: str | None = None
+        self.authorization: str | None = None
+        self.requests = 0  # HTTP exchanges so far (what a remote costs)
 
     def _url(self, path: str) -> str:
         return f"{self.scheme}://{self.host}/v2/{path}"
@@ -89,124 +137,246 @@ class Registry:
     @contextlib.contextmanager
     def _open(self, method: str, url: str, headers: dict[str, str],
               data: bytes | BinaryIO | None) -> Iterator[tuple[int, dict[str, str], BinaryIO]]:
-        """One HTTP exchange: (status, headers, the body as a stream)."""
-        if self.token:
-            headers = {**headers, "Authorization": f"Bearer {self.token}"}
+        """One HTTP exchange: (status, headers, the body as a stream).
+
+        Raises:
+            _Transient: no connection, a timeout, or a status worth retrying.
+        """
         request = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310
+        if self.authorization and urllib.parse.urlsplit(url).netloc == self.host:
+            request.add_header("Authorization", self.authorization)
+        self.requests += 1
         try:
-            response = urllib.request.urlopen(request, timeout=self.timeout)  # noqa: S310
+            response = _OPENER.open(request, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
             with exc:
+                if exc.code in RETRY_STATUS:
+                    raise _Transient(f"HTTP {exc.code}", _retry_after(exc.headers)) from None
                 yield exc.code, dict(exc.headers), exc  # type: ignore[misc]
             return
-        except (urllib.error.URLError, OSError) as exc:
-            raise RegistryError(f"cannot reach the registry {self.host}: {exc}",
-                                hint="check the address, or start the registry; no image was "
-                                     "written") from exc
+        except _NETWORK as exc:
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, ConnectionRefusedError | socket.gaierror):  # nobody there
+                raise RegistryError(f"cannot reach the registry {self.host}: {reason}",
+                                    hint="check the address, or start the registry; nothing "
+                                         "was written") from None
+            raise _Transient(str(reason) or type(exc).__name__) from None
         with response:
             yield response.status, dict(response.headers), response
 
-    def _send(self, method: str, url: str, headers: dict[str, str],
-              data: bytes | BinaryIO | None,
-              limit: int = MAX_DOCUMENT) -> tuple[int, dict[str, str], bytes]:
-        with self._open(method, url, headers, data) as (status, reply, stream):
-            return status, reply, _bounded(stream, limit, f"{method} {url}")
+    def retrying(self, what: str, attempt: Callable[[], T]) -> T:
+        """`attempt()`, tried again after a transient failure, with backoff (and the
+        registry's Retry-After, up to a bound).
+
+        Raises:
+            RegistryError: it still failed after RETRIES more tries.
+        """
+        for n in range(RETRIES + 1):
+            try:
+                return attempt()
+            except _Transient as exc:
+                if n == RETRIES:
+                    raise RegistryError(f"{what}: {exc.reason} from {self.host}, still after "
+                                        f"{n + 1} tries", hint="check the address, or that "
+                                        "the registry is up; nothing was half-written") from None
+                wait = min(exc.retry_after if exc.retry_after is not None else BACKOFF * 2**n,
+                           MAX_WAIT)
+                log.info("%s: %s from %s; trying again in %.2f s", what, exc.reason,
+                         self.host, wait)
+                time.sleep(wait)
+            except _NETWORK as exc:  # a connection dropped while a body was being read
+                if n == RETRIES:
+                    raise RegistryError(f"{what}: {exc} from {self.host}, still after "
+                                        f"{n + 1} tries") from None
+                time.sleep(BACKOFF * 2**n)
+        raise AssertionError("unreachable")
 
     @contextlib.contextmanager
     def _authorised(self, method: str, path_or_url: str, headers: dict[str, str],
                     data: bytes | BinaryIO | None, ok: tuple[int, ...],
-                    ) -> Iterator[tuple[dict[str, str], BinaryIO]]:
-        """An exchange that answered one of `ok` (after one anonymous token, if asked)."""
+                    ) -> Iterator[tuple[int, dict[str, str], BinaryIO]]:
+        """An exchange that answered one of `ok` (after asking for authorisation once, if
+        the registry wanted it)."""
         url = path_or_url if "://" in path_or_url else self._url(path_or_url)
-        with self._open(method, url, headers, data) as (status, reply, stream):
-            if status == 401 and self.token is None:
-                self.token = self._token(reply.get("WWW-Authenticate", reply.get(
-                    "Www-Authenticate", "")))
-            elif status in ok:
-                yield reply, stream
-                return
-            else:
-                raise RegistryError(f"{method} {url}: HTTP {status}: "
-                                    f"{stream.read(300)!r}",
-                                    hint="check the reference and your access to it")
-        if hasattr(data, "seek"):
-            data.seek(0)  # type: ignore[union-attr]
-        with self._open(method, url, headers, data) as (status, reply, stream):
-            if status not in ok:
-                raise RegistryError(f"{method} {url}: HTTP {status}: {stream.read(300)!r}",
-                                    hint="check the reference and your access to it")
-            yield reply, stream
+        for tried in (False, True):
+            with self._open(method, url, headers, data) as (status, reply, stream):
+                if status == 401 and not tried:
+                    challenge = reply.get("WWW-Authenticate", reply.get("Www-Authenticate", ""))
+                    self.authorization = self._authorise(challenge)
+                elif status in ok:
+                    yield status, reply, stream
+                    return
+                elif status in (401, 403):
+                    raise RegistryError(f"{method} {url}: HTTP {status}: the registry refused "
+                                        f"{self._who()}", hint=self._login_hint())
+                else:
+                    raise RegistryError(f"{method} {url}: HTTP {status}: "
+                                        f"{stream.read(300)!r}",
+                                        hint="check the reference and your access to it")
+            if hasattr(data, "seek"):
+                data.seek(0)  # type: ignore[union-attr]
 
     def request(self, method: str, path_or_url: str, *, headers: dict[str, str] | None = None,
-                data: bytes | BinaryIO | None = None, ok: tuple[int, ...] = (200,),
-                limit: int = MAX_DOCUMENT) -> tuple[dict[str, str], bytes]:
-        """An exchange whose body (at most `limit` bytes) is read whole.
+                data: bytes | None = None, ok: tuple[int, ...] = (200,),
+                limit: int = MAX_DOCUMENT) -> tuple[int, dict[str, str], bytes]:
+        """An exchange whose body (at most `limit` bytes) is read whole; retried when it
+        failed in a way worth retrying.
 
         Raises:
             RegistryError: unreachable, refused, or a body over `limit`.
         """
-        with self._authorised(method, path_or_url, headers or {}, data, ok) as (reply, body):
-            return reply, _bounded(body, limit, f"{method} {path_or_url}")
+        def attempt() -> tuple[int, dict[str, str], bytes]:
+            with self._authorised(method, path_or_url, headers or {}, data, ok) as (
+                    status, reply, body):
+                return status, reply, _bounded(body, limit, f"{method} {path_or_url}")
 
-    def _token(self, challenge: str) -> str:
-        """An anonymous bearer token for the challenge's realm, service and scope."""
-        if not challenge.lower().startswith("bearer "):
-            raise RegistryError(f"{self.host} asks for {challenge or 'credentials'}; only "
-                                "anonymous bearer tokens are supported")
+        return self.retrying(f"{method} {path_or_url}", attempt)
+
+    def _credentials(self) -> Credentials | None:
+        from builder import credentials  # noqa: PLC0415
+
+        return credentials.for_host(self.host)
+
+    def _who(self) -> str:
+        found = self._credentials()
+        return f"the credentials from {found.source}" if found else "anonymous access"
+
+    def _login_hint(self) -> str:
+        return (f"log in to {self.host} (`docker login {self.host}`, a credHelpers entry in "
+                "the Docker config, or REPRO_REGISTRY_USERNAME and REPRO_REGISTRY_PASSWORD)")
+
+    def _authorise(self, challenge: str) -> str:
+        """The Authorization header a 401's challenge asks for: Basic with the credentials,
+        or a Bearer token from the realm (with the credentials, when there are any)."""
+        found = self._credentials()
+        scheme = challenge.split(" ", 1)[0].lower()
+        if scheme == "basic":
+            if found is None:
+                raise RegistryError(f"{self.host} asks for a user name and password, and none "
+                                    "is configured for it", hint=self._login_hint())
+            return found.basic()
+        if scheme != "bearer":
+            raise RegistryError(f"{self.host} asks for {challenge or 'credentials'} "
+                                "authentication; repro speaks Basic and Bearer")
         params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
         realm = params.pop("realm", "")
         query = urllib.parse.urlencode(params)
-        status, _, body = self._send("GET", f"{realm}?{query}", {}, None)
-        if status != 200:
-            raise RegistryError(f"the token service {realm} answered HTTP {status}")
-        data = json.loads(body)
-        return str(data.get("token") or data.get("access_token"))
+        headers = {"Authorization": found.basic()} if found else {}
+        with self._open("GET", f"{realm}?{query}", headers, None) as (status, _, body):
+            if status != 200:
+                raise RegistryError(f"the token service {realm} answered HTTP {status} to "
+                                    f"{self._who()}", hint=self._login_hint())
+            data = json.loads(_bounded(body, MAX_DOCUMENT, realm))
+        return f"Bearer {data.get('token') or data.get('access_token')}"
 
     def manifest(self, repo: str, reference: str) -> tuple[bytes, str]:
         """A manifest's bytes and media type; checked when `reference` is a digest."""
-        reply, body = self.request("GET", f"{repo}/manifests/{reference}",
-                                   headers={"Accept": ", ".join(MANIFEST_TYPES)})
+        found = self.manifest_if(repo, reference)
+        if found is None:
+            raise RegistryError(f"{self.host}/{repo} has no manifest {reference}",
+                                hint="check the reference (and the tag)")
+        return found
+
+    def manifest_if(self, repo: str, reference: str) -> tuple[bytes, str] | None:
+        """A manifest's bytes and media type, or None when the registry has none by that
+        name (one GET); checked when `reference` is a digest."""
+        status, reply, body = self.request(
+            "GET", f"{repo}/manifests/{reference}",
+            headers={"Accept": ", ".join(MANIFEST_TYPES)}, ok=(200, 404))
+        if status == 404:
+            return None
         if reference.startswith("sha256:") and sha256(body) != reference:
             raise RegistryError(f"{self.host}/{repo}@{reference}: the registry served a "
                                 f"manifest whose digest is {sha256(body)}",
-                                hint="the base is not what the recipe pinned; no image was "
+                                hint="what it holds is not what was asked for; nothing was "
                                      "written")
         media = reply.get("Content-Type", "") or json.loads(body).get("mediaType", "")
         return body, media.split(";")[0]
 
     def blob(self, repo: str, digest: str, limit: int = MAX_DOCUMENT) -> bytes:
         """A small blob (a config), read whole and checked."""
-        _, body = self.request("GET", f"{repo}/blobs/{digest}", limit=limit)
+        _, _, body = self.request("GET", f"{repo}/blobs/{digest}", limit=limit)
         if sha256(body) != digest:
             raise RegistryError(f"{self.host}/{repo}: blob {digest} arrived as {sha256(body)}")
         return body
 
     @contextlib.contextmanager
     def blob_stream(self, repo: str, digest: str) -> Iterator[BinaryIO]:
-        """A blob's bytes as a stream (the caller checks their digest as it reads)."""
-        with self._authorised("GET", f"{repo}/blobs/{digest}", {}, None, (200,)) as (_, body):
+        """A blob's bytes as a stream (the caller checks their digest as it reads; wrap a
+        whole download in `retrying` to try it again)."""
+        with self._authorised("GET", f"{repo}/blobs/{digest}", {}, None, (200,)) as (
+                _, _, body):
             yield body
 
-    def push_blob(self, repo: str, digest: str, data: bytes | BinaryIO,
-                  size: int | None = None) -> None:
-        """Upload a blob unless the registry has it; `data` may be a stream of `size` bytes."""
-        status, _, _ = self._send("HEAD", self._url(f"{repo}/blobs/{digest}"), {}, None)
-        if status == 200:
-            return
-        reply, _ = self.request("POST", f"{repo}/blobs/uploads/", ok=(202,), data=b"")
-        location = reply.get("Location", "")
-        if location.startswith("/"):
-            location = f"{self.scheme}://{self.host}{location}"
-        joiner = "&" if "?" in location else "?"
+    def has_blob(self, repo: str, digest: str) -> bool:
+        status, _, _ = self.request("HEAD", f"{repo}/blobs/{digest}", ok=(200, 404))
+        return status == 200
+
+    def push_blob(self, repo: str, digest: str, data: bytes | Opener, size: int | None = None,
+                  *, mount_from: str | None = None) -> bool:
+        """Upload a blob unless the registry has it (or can mount it from `mount_from`, a
+        repository on the same registry); `data` is bytes, or opens a stream of `size` bytes
+        (opened again for each try). Returns whether bytes were sent.
+
+        Raises:
+            RegistryError: refused, or still failing after the retries.
+        """
+        if self.has_blob(repo, digest):
+            return False
+        start = f"{repo}/blobs/uploads/"
+        if mount_from and mount_from != repo:
+            start += "?" + urllib.parse.urlencode({"mount": digest, "from": mount_from})
         length = len(data) if isinstance(data, bytes) else size
-        self.request("PUT", f"{location}{joiner}digest={urllib.parse.quote(digest)}",
-                     headers={"Content-Type": "application/octet-stream",
-                              "Content-Length": str(length)}, data=data, ok=(201,))
+
+        def attempt() -> bool:
+            with self._authorised("POST", start, {"Content-Length": "0"}, b"", (201, 202)) as (
+                    status, reply, _):
+                location = reply.get("Location", "")
+            if status == 201:  # mounted: nothing to send
+                return False
+            if location.startswith("/"):
+                location = f"{self.scheme}://{self.host}{location}"
+            joiner = "&" if "?" in location else "?"
+            url = f"{location}{joiner}digest={urllib.parse.quote(digest)}"
+            headers = {"Content-Type": "application/octet-stream",
+                       "Content-Length": str(length)}
+            if isinstance(data, bytes):
+                with self._authorised("PUT", url, headers, data, (201,)):
+                    return True
+            with data() as stream, self._authorised("PUT", url, headers, stream, (201,)):
+                return True
+
+        return self.retrying(f"uploading {digest[:19]} to {self.host}/{repo}", attempt)
 
     def push_manifest(self, repo: str, tag: str, data: bytes, media_type: str) -> str:
         self.request("PUT", f"{repo}/manifests/{tag}", headers={"Content-Type": media_type},
                      data=data, ok=(201,))
         return sha256(data)
+
+    def tags(self, repo: str, page: int = 1000) -> Iterator[str]:
+        """Every tag of a repository, a page at a time (the Link header's next page)."""
+        path = f"{repo}/tags/list?n={page}"
+        while path:
+            status, reply, body = self.request("GET", path, ok=(200, 404), limit=64 << 20)
+            if status == 404:
+                return
+            yield from json.loads(body).get("tags") or []
+            link = reply.get("Link", "")
+            found = re.match(r'<([^>]+)>;\s*rel="next"', link)
+            path = f"{self.scheme}://{self.host}{found.group(1)}" if found else ""
+
+    def delete_manifest(self, repo: str, digest: str) -> bool:
+        """Delete a manifest by digest; False when the registry does not allow deletes."""
+        status, _, _ = self.request("DELETE", f"{repo}/manifests/{digest}",
+                                    ok=(202, 200, 404, 405))
+        return status != 405
+
+
+def _retry_after(headers: Any) -> float | None:
+    try:
+        return float(headers.get("Retry-After"))
+    except (TypeError, ValueError):
+        return None
 
 
 def resolve_tag(ref: str) -> str:
@@ -217,8 +387,9 @@ def resolve_tag(ref: str) -> str:
     """
     parsed = Reference.parse(ref)
     client = Registry(parsed.registry)
-    reply, body = client.request("GET", f"{parsed.repository}/manifests/{parsed.tag or 'latest'}",
-                                 headers={"Accept": ", ".join(MANIFEST_TYPES)})
+    _, reply, body = client.request("GET",
+                                    f"{parsed.repository}/manifests/{parsed.tag or 'latest'}",
+                                    headers={"Accept": ", ".join(MANIFEST_TYPES)})
     return reply.get("Docker-Content-Digest") or sha256(body)
 
 

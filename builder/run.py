@@ -58,11 +58,13 @@ class RunResult:
     record: RunRecord
     cached: bool
     objects: dict[str, str] = field(default_factory=dict)
+    source: str = "local"  # where the answer came from: "local", "remote" or "trained"
     sandbox: Path | None = None  # the run's folder, when --keep-sandbox kept it
 
     def to_json(self) -> dict[str, Any]:
         r = self.record
         return {"run_key": r.run_key, "record": self.record_digest, "cached": self.cached,
+                "source": "trained" if not self.cached else self.source,
                 "recipe": r.recipe.name, "env": r.env, "seed": r.seed,
                 "params": r.params, "metrics": r.metrics, "duration": r.duration,
                 "outputs": [{**o.to_json(), "object": self.objects.get(o.path)}
@@ -207,25 +209,29 @@ def run(project: Project, runner: Runner, *, seed: int | None = None,
     p = plan(project, runner, seed=seed, params=params)
     check_outputs(project)  # before anything in the project is touched
     hit = _answer(project, p.key, say=False) if use_cache else None
+    source = "local"
     if hit is None:
         with project.store.records.locked(p.key):
             hit = _answer(project, p.key) if use_cache else None
+            if hit is None and use_cache and project.remote is not None:
+                hit, source = project.remote.answer(p.key), "remote"
             if hit is None:
                 runner.prepare()
                 return _execute(p, runner, place=place, keep=keep_sandbox)
-            log.info("Another run of this key finished while this one waited")
+            if source == "local":
+                log.info("Another run of this key finished while this one waited")
     digest, record = hit
     if not place:
         return RunResult(digest, record, cached=True,
                          objects={o.path: str(project.store.blobs.path(o.digest))
-                                  for o in record.outputs})
+                                  for o in record.outputs}, source=source)
     try:
         objects = restore_outputs(project, record.outputs)
     except StoreError as exc:  # never served (a damaged blob is quarantined): made again
         log.warning("%s; training again", exc.message)
         return run(project, runner, seed=seed, params=params, use_cache=False, place=place,
                    keep_sandbox=keep_sandbox)
-    return RunResult(digest, record, cached=True, objects=objects)
+    return RunResult(digest, record, cached=True, objects=objects, source=source)
 
 
 def seeded_env(p: Plan) -> dict[str, str]:

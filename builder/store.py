@@ -237,6 +237,11 @@ class Records:
         """Store a record and index it; only a success answers its run key."""
         digest = self.blobs.put(record.encode())
         faults.point("record-stored")
+        self.index(digest, record)
+        return digest
+
+    def index(self, digest: str, record: RunRecord) -> None:
+        """Index a stored record (one pulled from a remote, or just added)."""
         h = _hex(digest)
         _touch(self.root / "by-recipe" / record.recipe.name / h)
         if record.succeeded:
@@ -249,7 +254,6 @@ class Records:
             if pointer.is_dir() and not pointer.is_symlink():  # damaged: a folder in its place
                 remove_tree(pointer)
             atomic_write(pointer, digest.encode())
-        return digest
 
     def get(self, digest: str, *, quarantine: bool = True) -> RunRecord:
         """A record, checked against its digest (a damaged one is quarantined, unless

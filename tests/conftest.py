@@ -69,6 +69,9 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, uv_cache: Path) ->
             monkeypatch.delenv(key)
     home = tmp_path / "repro-home"
     monkeypatch.setenv("REPRO_HOME", str(home))
+    # no user config, Docker config or credentials of the machine's reach a test
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config-home"))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
     monkeypatch.setenv("UV_CACHE_DIR", str(uv_cache))
     return home
 

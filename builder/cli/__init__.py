@@ -4,6 +4,7 @@
     envs.py     lock, build, exec, status, cache
     runs.py     run, lookup, runs, show, export
     verify.py   baseline, verify, diff, history
+    remote.py   push, pull, remote ls|rm, key generate
     here        `main`: every way a command can end, mapped to a documented exit code
 """
 
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 import click
 
 from builder import errors
-from builder.cli import envs, runs, verify  # noqa: F401  (each registers its commands)
+from builder.cli import envs, remote, runs, verify  # noqa: F401  (each registers its commands)
 from builder.cli.shell import OUT, PipeClosed, _logging, _store, cli, log
 from builder.errors import EXIT_INTERRUPTED, ReproError
 

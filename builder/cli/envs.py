@@ -13,8 +13,10 @@ from builder.cli.shell import (
     _Group,
     _mode,
     _project,
+    _remote_flags,
     _sources,
     _store,
+    _with_remote,
     cli,
     log,
 )
@@ -65,11 +67,14 @@ def lock_cmd(recipe: str | None, machine: Any, offline: bool, resolver: str,
 @click.option("--push", metavar="REF", help="With --image: push to REGISTRY/NAME:TAG.")
 @click.option("--load", is_flag=True, help="With --image: load it into Docker (or Podman's "
                                            "Docker API service) at DOCKER_HOST.")
+@_remote_flags
 def build_cmd(recipe: str | None, machine: Any, offline: bool, locked: bool,
               frozen: bool, image: bool, output: str | None, push: str | None,
-              load: bool) -> None:
+              load: bool, remote: Any) -> None:
     """Materialise the lock as a virtualenv in the store (a lookup if it exists), or with
-    --image as a reproducible OCI image (layout and docker-load archive)."""
+    --image as a reproducible OCI image (layout and docker-load archive); an image's package
+    layers come from the remote cache where it has them (a virtualenv is always built here,
+    from the lock)."""
     if image:
         from pathlib import Path  # noqa: PLC0415
 
@@ -79,13 +84,18 @@ def build_cmd(recipe: str | None, machine: Any, offline: bool, locked: bool,
             Reference.parse(push)
         from builder.image.build import build_image  # noqa: PLC0415
 
-        img = build_image(_project(recipe, _mode(locked, frozen), offline=offline,
-                                   machine=machine),
-                          output=Path(output).resolve() if output else None, push=push,
-                          load=load)
-        _emit(img.to_json(), f"{img.digest}  {img.tag}\n  layout  {img.layout}\n"
-                             f"  archive {img.archive}\n  {len(img.layers)} layers, "
-                             f"{img.to_json()['cached_layers']} from the store")
+        project = _project(recipe, _mode(locked, frozen), offline=offline, machine=machine)
+        cache = _with_remote(project, remote)
+        img = build_image(project, output=Path(output).resolve() if output else None,
+                          push=push, load=load)
+        shown = img.to_json()
+        if cache is not None and cache.settings.push:
+            moved = cache.safely("the env was not pushed", lambda: cache.push_env(project),
+                                 None)
+            shown["pushed"] = moved.to_json() if moved else None
+        _emit(shown, f"{img.digest}  {img.tag}\n  layout  {img.layout}\n"
+                      f"  archive {img.archive}\n  {len(img.layers)} layers, "
+                      f"{img.to_json()['cached_layers']} from the store or the remote")
         return
     if output or push is not None or load:
         raise click.UsageError("--output, --push and --load go with --image")

@@ -15,9 +15,11 @@ from builder.cli.shell import (
     _Group,
     _mode,
     _project,
+    _remote_flags,
     _runner,
     _sources,
     _store,
+    _with_remote,
     cli,
     echo,
 )
@@ -38,10 +40,16 @@ from builder.cli.shell import (
 @click.option("--in", "where", type=click.Choice(["venv", "image"]), default="venv",
               show_default=True, help="Run in the env's virtualenv, or inside its OCI image "
                                       "(through buildah; the image digest joins the run key).")
+@click.option("--push", "push", is_flag=True,
+              help="Push the run (trained or found) to the remote cache.")
+@click.option("--no-data", is_flag=True, help="With --push: keep the data inputs off the "
+                                              "remote.")
+@_remote_flags
 def run_cmd(recipe: str | None, machine: Any, offline: bool, locked: bool, frozen: bool,
             seed: int | None, params: tuple[str, ...], no_cache: bool, keep_sandbox: bool,
-            where: str) -> None:
-    """Train the recipe, or answer from the store if this exact run already succeeded.
+            where: str, push: bool, no_data: bool, remote: Any) -> None:
+    """Train the recipe, or answer from the store (then the remote cache) if this exact run
+    already succeeded.
 
     The run key covers the env id, code and data digests, command, params, seed, and the
     hardware class when the recipe's standard is bitwise.
@@ -49,28 +57,43 @@ def run_cmd(recipe: str | None, machine: Any, offline: bool, locked: bool, froze
     from builder.run import run  # noqa: PLC0415
 
     project = _project(recipe, _mode(locked, frozen), offline=offline, machine=machine)
+    cache = _with_remote(project, remote)
+    if push and cache is None:
+        raise click.UsageError("--push needs a remote: --remote HOST/PATH, REPRO_REMOTE, or "
+                               "[remote] url in a config")
     result = run(project, _runner(where, project), seed=seed, params=params,
                  use_cache=not no_cache, keep_sandbox=keep_sandbox)
     r = result.record
-    lines = [f"{'cached' if result.cached else 'trained'}: run key {r.run_key}",
+    shared = None
+    if cache is not None and (push or cache.settings.push) and result.source != "remote":
+        shared = cache.safely("the run was not pushed", lambda: cache.push_run(
+            result.record_digest, r, project, data=not no_data), None)
+    lines = [f"{result.source if result.cached else 'trained'}: run key {r.run_key}",
              f"  record   {result.record_digest}",
              f"  seed {r.seed}, params {json.dumps(r.params, sort_keys=True)}, "
              f"{r.duration:.2f}s" + (" (when it was trained)" if result.cached else "")]
     lines += [f"  metric   {k} = {v}" for k, v in sorted(r.metrics.items())]
     lines += [f"  output   {o.path}  {o.digest}  -> {result.objects.get(o.path)}"
               for o in r.outputs]
-    _emit(result.to_json(), "\n".join(lines))
+    if shared is not None:
+        lines.append(f"  pushed   {shared.blobs} blobs ({shared.bytes} bytes) to {cache.url}")
+    _emit({**result.to_json(), **({"pushed": shared.to_json()} if shared else {})},
+          "\n".join(lines))
 
 
 @cli.command("lookup")
 @_common
 @click.argument("target", required=False)
-def lookup_cmd(recipe: str | None, target: str | None) -> None:
+@_remote_flags
+def lookup_cmd(recipe: str | None, target: str | None, remote: Any) -> None:
     """Find runs by TARGET: a file (which run made it?), a recipe (is it already trained?),
-    or a run key. Default: the current recipe. Exit 0 when found, 1 when not."""
+    or a run key; in the store, then the remote cache. Default: the current recipe. Exit 0
+    when found, 1 when not."""
     from builder.lookup import lookup  # noqa: PLC0415
 
-    found = lookup(target, store=_store(), recipe_hint=recipe)
+    store = _store()
+    found = lookup(target, store=store, recipe_hint=recipe,
+                   remote=_with_remote(None, remote, store))
     if found.image:
         _emit(found.to_json(), f"image {found.digest}\n" + "\n".join(
             f"  {k:<14} {v}" for k, v in sorted(found.image.items())))

@@ -111,6 +111,57 @@ def _sources(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _remote_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Flags for the remote cache; the command gets `remote`: the settings (url None when
+    no remote is configured). docs/remote.md says where each comes from."""
+
+    @click.option("--remote", "remote_url", metavar="HOST/PATH",
+                  help="The remote cache, an OCI registry repository [env: REPRO_REMOTE; "
+                       "default: [remote] url in .repro/config.toml, then your config]")
+    @click.option("--require-remote", is_flag=True,
+                  help="Fail (exit 3) when the remote cannot be reached, instead of a "
+                       "warning and local work.")
+    @click.option("--trust", multiple=True, metavar="KEY",
+                  help="Trust runs signed by this public key (repro-ed25519:…; repeatable) "
+                       "[env: REPRO_TRUSTED_KEYS, comma-separated].")
+    @click.option("--sign-key", metavar="FILE",
+                  help="Sign what is pushed with this private key [env: REPRO_SIGNING_KEY].")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, remote_url: str | None, require_remote: bool,
+                trust: tuple[str, ...], sign_key: str | None, **kwargs: Any) -> Any:
+        from builder.config import RemoteSettings  # noqa: PLC0415
+
+        settings = RemoteSettings(remote_url, "--remote", trusted=trust,
+                                  require=require_remote, sign_key=None)
+        kwargs["remote"] = (settings, sign_key)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _with_remote(project: Project | None, flags: Any, store: Store | None = None) -> Any:
+    """The command's Remote (None when none is configured), set on the project if any."""
+    from builder import config  # noqa: PLC0415
+    from builder.remote import Remote  # noqa: PLC0415
+
+    given, sign_key = flags
+    settings = config.settings(project.root if project else _here(), flag=given.url,
+                               trust=given.trusted, require=given.require, sign_key=sign_key)
+    remote = Remote.of(settings, store or (project.store if project else _store()))
+    if settings.require and remote is None:
+        raise click.UsageError("--require-remote needs a remote: --remote HOST/PATH, "
+                               "REPRO_REMOTE, or [remote] url in a config")
+    if project is not None:
+        project.remote = remote
+    return remote
+
+
+def _here() -> Any:
+    from pathlib import Path  # noqa: PLC0415
+
+    return Path.cwd()
+
+
 def _project(path: str | None, mode: str = "auto", *, offline: bool = False,
              machine: Any = None) -> Project:
     """The one project object this command works on."""

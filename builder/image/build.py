@@ -30,7 +30,10 @@ from builder.resolve import source_args
 from builder.store import atomic_write, remove_tree
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from builder.blobs import Blobs
+    from builder.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +99,23 @@ def normalise(target: Path) -> None:
         shutil.rmtree(cache, ignore_errors=True)
 
 
-def _package_layer(project: Project, pkg: pylock.Package) -> tuple[tarball.Layer, bool]:
-    recipe, store = project.recipe, project.store
-    key = hashing.digest_json({
+def layer_key(project: Project, pkg: pylock.Package) -> str:
+    """What names a package's layer: the package, the target, the prefix and the mtime."""
+    recipe = project.recipe
+    return hashing.digest_json({
         "format": LAYER_FORMAT, "package": pkg.identity(), "python": recipe.environment.python,
         "platform": recipe.environment.platform, "prefix": SITE, "mtime": recipe.image.mtime})
+
+
+def package_layers(project: Project) -> Iterator[tuple[pylock.Package, str, tarball.Layer]]:
+    """Each locked package's layer (from the store, the remote, or built), by name."""
+    for pkg in sorted(project.lock.packages, key=lambda p: p.name):
+        yield pkg, layer_key(project, pkg), _package_layer(project, pkg)[0]
+
+
+def _package_layer(project: Project, pkg: pylock.Package) -> tuple[tarball.Layer, bool]:
+    recipe, store = project.recipe, project.store
+    key = layer_key(project, pkg)
     meta = store.layers.path(key)
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError, StoreError):
         known = json.loads(hashing.read_regular(meta) or b"")
@@ -113,6 +128,11 @@ def _package_layer(project: Project, pkg: pylock.Package) -> tuple[tarball.Layer
                                  known["blob"]), True
         store.blobs.quarantine(known["blob"], f"the cached layer of {pkg.name} {pkg.version} "
                                               "failed its digest; it is built again")
+    pulled = project.remote.layer(project.lock.env_id, key) if project.remote else None
+    if pulled is not None:
+        log.info("Layer %s %s from %s", pkg.name, pkg.version, project.remote.url)  # type: ignore[union-attr]
+        _note_layer(store, key, pulled)
+        return pulled, True
     with store.scratch() as tmp:
         target = tmp / "site"
         req = tmp / "requirements.txt"
@@ -133,15 +153,23 @@ def _package_layer(project: Project, pkg: pylock.Package) -> tuple[tarball.Layer
                                   "(images never build sdists)") from exc
         normalise(target)
         built = tarball.write_layer([(target, SITE)], recipe.image.mtime, store.blobs)
-    if meta.is_dir() and not meta.is_symlink():  # damage in a note's place
-        remove_tree(meta)
-    atomic_write(meta, json.dumps({"diff_id": built.diff_id, "digest": built.digest,
-                                   "size": built.size, "blob": built.blob}).encode())
+    _note_layer(store, key, built)
     return built, False
 
 
-def _code_layer(project: Project, tmp: Path) -> tarball.Layer:
-    """The code, the recipe and its lock, at the image's workdir."""
+def _note_layer(store: Store, key: str, layer: tarball.Layer) -> None:
+    meta = store.layers.path(key)
+    if meta.is_dir() and not meta.is_symlink():  # damage in a note's place
+        remove_tree(meta)
+    if layer.blob is not None:
+        store.blobs.alias(layer.digest, layer.blob)
+    atomic_write(meta, json.dumps({"diff_id": layer.diff_id, "digest": layer.digest,
+                                   "size": layer.size, "blob": layer.blob}).encode())
+
+
+def code_layer(project: Project, tmp: Path, *, at: str | None = None) -> tarball.Layer:
+    """The code, the recipe and its lock, at the image's workdir (or `at`: "" for a code
+    snapshot a remote keeps with a run)."""
     recipe = project.recipe
     tree = tmp / "work"
     lock_rel = recipe.lock_dir.relative_to(recipe.root)
@@ -155,8 +183,8 @@ def _code_layer(project: Project, tmp: Path) -> tarball.Layer:
             dest.symlink_to(src.readlink())
         else:
             shutil.copy(src, dest)  # contents and mode bits; the tar writer fixes the rest
-    return tarball.write_layer([(tree, recipe.image.workdir)], recipe.image.mtime,
-                               project.store.blobs)
+    return tarball.write_layer([(tree, recipe.image.workdir if at is None else at)],
+                               recipe.image.mtime, project.store.blobs)
 
 
 def build_image(
@@ -203,7 +231,7 @@ def build_image(
                               "digest": built.digest, "size": built.size, "cached": cached})
             advance(1)
     with store.scratch() as tmp:
-        top = _code_layer(project, tmp)
+        top = code_layer(project, tmp)
     layers.append(top)
     described.append({"content": "code, recipe and lock", "diff_id": top.diff_id,
                       "digest": top.digest, "size": top.size, "cached": False})
@@ -266,19 +294,24 @@ def load_archive(archive: Path) -> list[str]:
     return [t for image in loaded for t in image.tags]
 
 
-def push_image(image: layout.Image, ref: str, blobs: Blobs) -> None:
+def push_image(image: layout.Image, ref: str, blobs: Blobs, *,
+               mount_from: str | None = None) -> None:
     """Upload the blobs the registry lacks (layers streamed from the store, checked as they
-    go), then the manifest under the reference's tag.
+    go; mounted from `mount_from`, a repository on the same registry, where it has them),
+    then the manifest under the reference's tag (or digest).
 
     Raises:
         RegistryError: the registry cannot be reached or refuses an upload.
         CorruptBlob: a layer's blob in the store is damaged (nothing was tagged).
     """
+    import functools  # noqa: PLC0415
+
     target = registry.Reference.parse(ref)
     client = registry.Registry(target.registry)
     client.push_blob(target.repository, image.config_digest, image.config)
     for x in image.layers:
-        with layout.open_layer(x, blobs) as data:
-            client.push_blob(target.repository, x.digest, data, x.size)  # type: ignore[arg-type]
-    client.push_manifest(target.repository, target.tag or "latest", image.manifest,
-                         layout.MANIFEST_TYPE)
+        client.push_blob(target.repository, x.digest, functools.partial(layout.open_layer, x,
+                                                                          blobs),
+                         x.size, mount_from=mount_from)
+    client.push_manifest(target.repository, target.tag or target.digest or "latest",
+                         image.manifest, layout.MANIFEST_TYPE)

@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -56,19 +57,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_registry(work: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    """`docker-registry serve` on a free loopback port; returns (host:port, process)."""
+def start_registry(work: Path, *, htpasswd: Path | None = None,
+                   access_log: Path | None = None) -> tuple[str, subprocess.Popen[bytes]]:
+    """`docker-registry serve` on a free loopback port, deletes allowed; with `htpasswd`,
+    basic auth; with `access_log`, every request logged there. Returns (host:port, process)."""
     work.mkdir(parents=True, exist_ok=True)
     host = f"127.0.0.1:{free_port()}"
+    auth = (f"auth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n" if htpasswd else "")
+    level = "info" if access_log else "error"
     (work / "config.yml").write_text(
         f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {work / 'data'}\n"
-        f"http:\n  addr: {host}\nlog:\n  level: error\n")
+        f"  delete:\n    enabled: true\nhttp:\n  addr: {host}\nlog:\n  level: {level}\n"
+        f"  accesslog:\n    disabled: {'false' if access_log else 'true'}\n{auth}")
+    sink = access_log.open("ab") if access_log else subprocess.DEVNULL
     server = subprocess.Popen(["docker-registry", "serve", str(work / "config.yml")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=sink, stderr=sink)
+    if access_log:
+        sink.close()  # type: ignore[union-attr]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
             urllib.request.urlopen(f"http://{host}/v2/", timeout=1).close()
+            return host, server
+        except urllib.error.HTTPError:  # 401: up, and asking for credentials
             return host, server
         except OSError:
             time.sleep(0.1)

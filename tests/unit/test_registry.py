@@ -12,7 +12,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -101,3 +101,89 @@ def test_plain_http_only_for_loopback() -> None:
     assert Registry("127.0.0.1:5000").scheme == "http"
     assert Registry("localhost:5000").scheme == "http"
     assert Registry("registry.example:5000").scheme == "https"
+
+
+class Flaky(BaseHTTPRequestHandler):
+    """Answers 503 twice, then redirects a blob to another host (object storage), which
+    records whether the Authorization header followed it."""
+
+    other = ""
+    seen: ClassVar[list[tuple[str, str | None]]] = []
+    failures = 2
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        Flaky.seen.append((self.path, self.headers.get("Authorization")))
+        if self.path.startswith("/storage/"):
+            body = b"blob bytes"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        if self.headers.get("Authorization") != "Basic dTpw":  # u:p
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="test"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if Flaky.failures:
+            Flaky.failures -= 1
+            self.send_response(503)
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(307)
+        self.send_header("Location", f"http://{Flaky.other}/storage/blob")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def _serve(handler: type[BaseHTTPRequestHandler]) -> tuple[HTTPServer, str]:
+    httpd = HTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"127.0.0.1:{httpd.server_address[1]}"
+
+
+def test_retries_then_a_redirect_to_another_host_drops_the_authorization(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    registry, host = _serve(Flaky)
+    storage, other = _serve(Flaky)
+    Flaky.other = other.replace("127.0.0.1", "localhost")  # another host name, same machine
+    monkeypatch.setenv("REPRO_REGISTRY_USERNAME", "u")
+    monkeypatch.setenv("REPRO_REGISTRY_PASSWORD", "p")
+    try:
+        digest = "sha256:" + hashlib.sha256(b"blob bytes").hexdigest()
+        client = Registry(host)
+
+        def read() -> bytes:
+            with client.blob_stream("team/model", digest) as body:
+                return body.read()
+
+        assert client.retrying("reading a blob", read) == b"blob bytes"
+    finally:
+        for httpd in (registry, storage):
+            httpd.shutdown()
+            httpd.server_close()
+    assert [auth for path, auth in Flaky.seen if path.startswith("/v2/")] == [
+        None, "Basic dTpw", "Basic dTpw", "Basic dTpw"]  # the challenge, two 503s, the 307
+    assert Flaky.seen[-1] == ("/storage/blob", None)
+
+
+def test_a_refused_password_names_where_it_came_from_but_not_the_password(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    httpd, host = _serve(Flaky)
+    monkeypatch.setenv("REPRO_REGISTRY_USERNAME", "u")
+    monkeypatch.setenv("REPRO_REGISTRY_PASSWORD", "wrong-password")
+    try:
+        with pytest.raises(RegistryError) as caught:
+            Registry(host).manifest("team/model", "latest")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    text = str(caught.value)
+    assert "REPRO_REGISTRY_USERNAME/_PASSWORD" in text
+    assert "wrong-password" not in text

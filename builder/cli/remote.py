@@ -1,0 +1,192 @@
+"""`repro push | pull | remote | key`: the remote cache, and the keys that sign what it holds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from builder import errors
+from builder.cli.shell import (
+    _common,
+    _emit,
+    _Group,
+    _project,
+    _remote_flags,
+    _store,
+    _with_remote,
+    cli,
+)
+
+
+def _required(remote: Any) -> Any:
+    if remote is None:
+        raise click.UsageError("no remote: give --remote HOST/PATH, set REPRO_REMOTE, or "
+                               "[remote] url in .repro/config.toml or your config")
+    return remote
+
+
+def _moved_line(verb: str, moved: Any, url: str) -> str:
+    return (f"{verb} {moved.blobs} blobs ({moved.bytes} bytes); {moved.skipped} already "
+            f"there; {url}: {', '.join(moved.tags) or 'no tags'}")
+
+
+@cli.command("push")
+@_common
+@click.argument("target", required=False)
+@click.option("--env", "env", is_flag=True, help="Push the recipe's environment (its package "
+                                                 "layers, built here first if needed).")
+@click.option("--all", "every", is_flag=True, help="Push every successful run of the recipe, "
+                                                   "and its environment.")
+@click.option("--no-data", is_flag=True, help="Keep the data inputs off the remote.")
+@_remote_flags
+def push_cmd(recipe: str | None, target: str | None, env: bool, every: bool, no_data: bool,
+             remote: Any) -> None:
+    """Push a run (TARGET: a run key or record digest; default: the recipe's latest run) to
+    the remote cache, signed with --sign-key: its record, outputs, data, recipe, lock and
+    code, then its tags. Exit 3 when the remote fails."""
+    from builder.lookup import runs_of, show  # noqa: PLC0415
+    from builder.remote import Moved  # noqa: PLC0415
+
+    project = _project(recipe, "locked")
+    cache = _required(_with_remote(project, remote))
+    store = project.store
+    if cache.signer is None:
+        click.echo(f"warning: nothing is signed (no --sign-key): only stores that trust "
+                   f"{cache.url} itself will use what is pushed", err=True)
+    total = Moved()
+    if every:
+        targets = [row["record"] for row in runs_of(project.recipe, store=store)
+                   if row["status"] == "succeeded"]
+    elif env:
+        targets = []
+    else:
+        targets = [show(target, store=store, recipe_hint=recipe)[0]]
+    for digest in targets:
+        record = store.records.get(digest)
+        moved = cache.push_run(digest, record, project, data=not no_data)
+        _add(total, moved)
+    if env or every:
+        _add(total, cache.push_env(project))
+    _emit({"remote": cache.url, **total.to_json()}, _moved_line("pushed", total, cache.url))
+
+
+def _add(total: Any, moved: Any) -> None:
+    total.blobs += moved.blobs
+    total.bytes += moved.bytes
+    total.skipped += moved.skipped
+    total.tags += moved.tags
+
+
+@cli.command("pull")
+@_common
+@click.argument("target", required=False)
+@click.option("--env", "env", is_flag=True,
+              help="Pull the recipe's environment layers (for `build --image`).")
+@click.option("--all", "every", is_flag=True, help="Pull every run the remote holds (lists "
+                                                   "its tags).")
+@_remote_flags
+def pull_cmd(recipe: str | None, target: str | None, env: bool, every: bool,
+             remote: Any) -> None:
+    """Pull a run (TARGET: a whole run key; default: the recipe's current run key) from the
+    remote cache into the store, with everything it was made from, each byte checked. Exit 1
+    when the remote has no such run or it is not signed by a trusted key."""
+    from builder.remote import Moved  # noqa: PLC0415
+
+    total = Moved()
+    if target is not None and not env:
+        store = _store()
+        cache = _required(_with_remote(None, remote, store))
+        keys = ["blake3:" + target.removeprefix("blake3:")]
+        project = None
+    else:
+        project = _project(recipe, "locked")
+        cache = _required(_with_remote(project, remote))
+        keys = []
+        if not env:
+            from builder.run import plan  # noqa: PLC0415
+            from builder.runner import VenvRunner  # noqa: PLC0415
+
+            keys = [plan(project, VenvRunner(project)).key]
+    if every:
+        keys = ["blake3:" + name.removeprefix("run-") for name in cache.ls()["run"]]
+    pulled: list[str] = []
+    missing: list[str] = []
+    for key in keys:
+        if not (len(key) == 71 and all(c in "0123456789abcdef" for c in key[7:])):
+            raise click.BadParameter(f"{key} is not a whole run key (blake3: and 64 hex "
+                                     "digits)", param_hint="TARGET")
+        found = cache.pull_run(key, everything=True, moved=total)
+        (pulled if found else missing).append(key)
+    if env and project is not None:
+        from builder.image.build import layer_key  # noqa: PLC0415
+
+        env_id = project.lock.env_id
+        layers = cache.env_layers(env_id)
+        if not layers:
+            missing.append(env_id)
+        for pkg in project.lock.packages:
+            if layer_key(project, pkg) in layers \
+                    and cache.layer(env_id, layer_key(project, pkg)) is not None:
+                total.tags.append(f"{pkg.name} {pkg.version}")
+    result = {"remote": cache.url, "pulled": pulled, "missing": missing, **total.to_json()}
+    lines = [_moved_line("pulled", total, cache.url)]
+    lines += [f"not on the remote: {m}" for m in missing]
+    _emit(result, "\n".join(lines))
+    if missing:
+        raise click.exceptions.Exit(errors.EXIT_CHECK)
+
+
+@cli.group("remote", cls=_Group)
+def remote_group() -> None:
+    """What the remote cache holds."""
+
+
+@remote_group.command("ls")
+@_common
+@_remote_flags
+def remote_ls(recipe: str | None, remote: Any) -> None:
+    """List the remote's runs, environments and output index entries (pages through its
+    tags; lookups never do this)."""
+    cache = _required(_with_remote(None, remote))
+    kinds = cache.ls()
+    lines = [f"{cache.url}: {len(kinds['run'])} runs, {len(kinds['env'])} environments, "
+             f"{len(kinds['out'])} output index entries"]
+    lines += [f"  {name}" for name in [*kinds["run"], *kinds["env"]]]
+    _emit({"remote": cache.url, **kinds}, "\n".join(lines))
+
+
+@remote_group.command("rm")
+@_common
+@click.option("--older-than", "days", type=click.FloatRange(min=0), required=True,
+              metavar="DAYS", help="Remove runs and environments pushed more than DAYS ago.")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+@_remote_flags
+def remote_rm(recipe: str | None, days: float, dry_run: bool, remote: Any) -> None:
+    """Delete old runs, environments and their output index entries from the remote (where
+    the registry allows deletes; its garbage collection frees the blobs)."""
+    cache = _required(_with_remote(None, remote))
+    gone = cache.remove_older(days, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    _emit({"remote": cache.url, "removed": gone, "dry_run": dry_run},
+          "\n".join([f"{verb} {len(gone)} tags from {cache.url}", *gone]))
+
+
+@cli.group("key", cls=_Group)
+def key_group() -> None:
+    """Signing keys for what is pushed to a remote."""
+
+
+@key_group.command("generate")
+@_common
+@click.argument("file", type=click.Path(dir_okay=False))
+def key_generate(recipe: str | None, file: str) -> None:
+    """Write a new ed25519 private key to FILE (mode 0600) and print its public key, the
+    line to give `--trust` or trusted-keys."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from builder import signing  # noqa: PLC0415
+
+    public = signing.generate(Path(file))
+    _emit({"private_key": file, "public_key": public},
+          f"wrote the private key {file} (keep it secret: CI keeps it in a secret)\n{public}")
