@@ -18,6 +18,7 @@ where the manifest names one, its BLAKE3, before it enters the store.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import gzip
@@ -25,7 +26,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -222,10 +223,12 @@ class Remote:
 
     # -- blobs -----------------------------------------------------------------------------
     def _upload(self, sha: str, size: int, data: bytes | Callable[[], Any],
-                moved: Moved, what: str) -> None:
+                moved: Moved, what: str, mount_from: str | None = None) -> None:
         if size > 64 << 20:
             log.info("Uploading %s (%.1f MiB)", what, size / 2**20)
-        if self.client.push_blob(self.repo, sha, data, size):
+        if callable(data):
+            data = functools.partial(_counted, data, f"Pushing {what}", size)
+        if self.client.push_blob(self.repo, sha, data, size, mount_from=mount_from):
             moved.blobs += 1
             moved.bytes += size
         else:
@@ -323,6 +326,8 @@ class Remote:
         left_out = []
         if project is not None and _same_inputs(project, record):
             layers += self._project_layers(project, record, moved, data=data)
+            if record.software.image:
+                self._push_image(project, record.software.image, moved)
             if not data and record.data:
                 left_out.append("data")
         else:
@@ -393,6 +398,32 @@ class Remote:
                 layers.append(self._blob_layer(tree.blob, MEDIA["data-tree"], moved,
                                                f"data {name}", **notes))
         return layers
+
+    def _push_image(self, project: Project, digest: str, moved: Moved) -> None:
+        """The image a run ran in (code layer and all), by digest: its blobs from the
+        image layout built here, then its manifest, which the run names."""
+        from builder.image.build import build_image  # noqa: PLC0415
+
+        built = build_image(project)  # layers from the store: an assembly, not a build
+        if built.digest != digest:
+            log.warning("the image built here is %s, not the %s run %s ran in: the image is "
+                        "not pushed", built.digest, digest, project.recipe.name)
+            return
+        from builder import lock  # noqa: PLC0415
+        from builder.registry import Reference  # noqa: PLC0415
+
+        base = lock.base_ref(project.recipe, project.lock).partition("@")[0]
+        source = None if base in ("scratch", "") or base.startswith("oci:") \
+            else Reference.parse(base)
+        mount = source.repository if source and source.registry == self.host else None
+        folder = built.layout / "blobs" / "sha256"
+        body = (folder / digest.removeprefix("sha256:")).read_bytes()
+        manifest = json.loads(body)
+        for x in [manifest["config"], *manifest["layers"]]:
+            path = folder / str(x["digest"]).removeprefix("sha256:")
+            self._upload(str(x["digest"]), int(x["size"]), functools.partial(path.open, "rb"),
+                         moved, "an image layer", mount_from=mount)
+        self.client.push_manifest(self.repo, digest, body, MANIFEST)
 
     def _file_layer(self, path: Path, digest: str, moved: Moved,
                     notes: dict[str, str]) -> dict[str, Any]:
@@ -601,6 +632,28 @@ class Remote:
                                          "true), or use the registry's own retention rules")
             gone.append(name)
         return gone
+
+
+@contextlib.contextmanager
+def _counted(opener: Callable[[], Any], what: str, size: int) -> Iterator[Any]:
+    """A stream to upload, drawing a progress bar (on a terminal) as it is read."""
+    from builder.progress import progress  # noqa: PLC0415
+
+    with opener() as stream, progress(what, size, unit="bytes") as advance:
+        yield _Counting(stream, advance)
+
+
+class _Counting:
+    """Chunks of 1 MiB for http.client to send (a stream with `read` would be read 8 KiB at
+    a time), counted as they go."""
+
+    def __init__(self, stream: Any, advance: Callable[[float], None]) -> None:
+        self.stream, self.advance = stream, advance
+
+    def __iter__(self) -> Iterator[bytes]:
+        while data := self.stream.read(CHUNK):
+            self.advance(len(data))
+            yield data
 
 
 def _sha_of(manifest: dict[str, Any], b3: str) -> str | None:

@@ -71,7 +71,10 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, uv_cache: Path) ->
     monkeypatch.setenv("REPRO_HOME", str(home))
     # no user config, Docker config or credentials of the machine's reach a test
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config-home"))
-    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
+    docker = tmp_path / "docker-config"  # empty, as after a logout (buildah and skopeo
+    docker.mkdir()                        # refuse a DOCKER_CONFIG without config.json)
+    (docker / "config.json").write_text('{"auths": {}}\n')
+    monkeypatch.setenv("DOCKER_CONFIG", str(docker))
     monkeypatch.setenv("UV_CACHE_DIR", str(uv_cache))
     return home
 

@@ -26,6 +26,13 @@ _RUNTIME = "/opt/repro/runtime"
 _PARAMS = "/opt/repro/params.json"
 
 
+def _buildah_env() -> dict[str, str]:
+    """The image comes from a layout on disk: no registry, so no credentials (a DOCKER_CONFIG
+    naming a folder without config.json makes buildah refuse to start)."""
+    return {k: v for k, v in proc.clean_env().items()
+            if k not in ("DOCKER_CONFIG", "REGISTRY_AUTH_FILE")}
+
+
 class ImageRunner:
     """The recipe's OCI image; its digest joins the run key."""
 
@@ -57,7 +64,7 @@ class ImageRunner:
         storage = ["--root", str(self.project.store.buildah), "--runroot", str(runroot),
                    "--storage-driver", "vfs"]
         try:
-            return proc.run(["buildah", *storage, *args],
+            return proc.run(["buildah", *storage, *args], env=_buildah_env(),
                             hint="install buildah (Debian package buildah)").stdout.strip()
         except ToolError as exc:
             raise ToolError(exc.argv, exc.returncode, exc.stderr,
@@ -96,7 +103,7 @@ class ImageRunner:
                     # chroot isolation cannot take --network none; a network namespace of its
                     # own around buildah does the same (root only)
                     cmd = ["unshare", "--net", *cmd]
-                return proc.supervised(cmd, env=proc.clean_env(), cwd=box.root)
+                return proc.supervised(cmd, env=_buildah_env(), cwd=box.root)
             finally:
                 self._buildah(runroot, "rm", ctr)
         finally:

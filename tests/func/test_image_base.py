@@ -221,6 +221,22 @@ def test_a_run_inside_the_image_matches_the_venv_run_bit_for_bit(
     again = repro("run", "--in", "image", "--json", cwd=project)
     assert again.json["cached"] is True
 
+    # pushed to a remote on the base's registry: the image by digest (base layers mounted
+    # from the base's repository, not sent), named by the run's manifest
+    image = record["software"]["image"]
+    pushed = repro("push", b["record"], "--remote", f"{registry}/team/cache", "--json",
+                   cwd=project)
+    assert pushed.code == 0, pushed.err
+    inspected = subprocess.run(["skopeo", "inspect", "--tls-verify=false",
+                                f"docker://{registry}/team/cache@{image}"],
+                               capture_output=True, text=True, check=False)
+    assert inspected.returncode == 0, inspected.stderr
+    assert json.loads(inspected.stdout)["Digest"] == image
+    base_layers = len(json.loads(subprocess.run(
+        ["skopeo", "inspect", "--tls-verify=false", f"docker://{registry}/python@{digest}"],
+        capture_output=True, text=True, check=True).stdout)["Layers"])
+    assert pushed.json["skipped"] >= base_layers  # mounted, not uploaded
+
 
 @pytest.mark.skipif(not (Path(MACHINE_WHEELS or "/nonexistent") /
                          "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").is_file(),

@@ -200,7 +200,6 @@ def _authenticated(project: Path, tmp_path: Path, registry: Registry, key: tuple
     assert "docker login" in anonymous.err
 
     config = Path(os.environ["DOCKER_CONFIG"])
-    config.mkdir(parents=True)
     auth = base64.b64encode(f"ci:{password}".encode()).decode()
     (config / "config.json").write_text(json.dumps({"auths": {registry.host: {"auth": auth}}}))
     pushed = repro("run", "--push", "--require-remote", "--remote", registry.remote,

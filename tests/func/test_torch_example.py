@@ -92,3 +92,45 @@ def test_the_torch_image_has_one_digest_across_folders_stores_and_umasks(tmp_pat
         torch_layer = next(x for x in r.json["layers"] if x["content"].startswith("torch "))
         assert torch_layer["size"] > 100_000_000
     assert digests[0] == digests[1]
+
+
+@pytest.mark.skipif(shutil.which("docker-registry") is None,
+                    reason="docker-registry (Debian package) is installed by .ci/run")
+def test_trained_in_one_store_pushed_and_answered_in_another_from_the_remote(
+        tmp_path: Path) -> None:
+    from tests.func.bases import start_registry
+
+    host, server = start_registry(tmp_path / "registry")
+    remote = f"{host}/team/cache"
+    try:
+        key = tmp_path / "ci.key"
+        public = repro("key", "generate", key).out.strip().splitlines()[-1]
+        first = shutil.copytree(EXAMPLE, tmp_path / "a" / "torch-mlp",
+                                ignore=shutil.ignore_patterns("model.pt", "metrics.json"))
+        a = repro("run", "--find-links", MACHINE_WHEELS, "--push", "--require-remote",
+                  "--remote", remote, "--sign-key", key, "--json", cwd=first,
+                  env={"REPRO_HOME": str(tmp_path / "store-a")})
+        assert a.code == 0, a.err
+        assert a.json["source"] == "trained"
+
+        second = shutil.copytree(first, tmp_path / "b" / "torch-mlp",
+                                 ignore=shutil.ignore_patterns("model.pt", "metrics.json"))
+        store_b = {"REPRO_HOME": str(tmp_path / "store-b"), "REPRO_REMOTE": remote,
+                   "REPRO_TRUSTED_KEYS": public}
+        b = repro("run", "--json", cwd=second, env=store_b)  # no wheels: nothing to install
+        assert b.code == 0, b.err
+        assert b.json["source"] == "remote"
+        assert b.json["record"] == a.json["record"]
+        assert (second / "model.pt").read_bytes() == (first / "model.pt").read_bytes()
+        # the training command never ran here: it writes metrics.json (a hit restores only
+        # the declared outputs) and it needs the environment, which was never built
+        assert not (second / "metrics.json").exists()
+        assert not (tmp_path / "store-b" / "envs").exists()
+
+        c = repro("lookup", first / "model.pt", "--json", cwd=second,
+                  env={**store_b, "REPRO_HOME": str(tmp_path / "store-c")})
+        assert c.code == 0, c.err
+        assert c.json["runs"][0]["run_key"] == a.json["run_key"]
+    finally:
+        server.terminate()
+        server.wait()

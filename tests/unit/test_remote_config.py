@@ -82,7 +82,6 @@ def test_a_config_that_is_not_toml_names_its_file(tmp_path: Path) -> None:
 def test_docker_config_auths_helpers_and_variables(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     folder = Path(os.environ["DOCKER_CONFIG"])
-    folder.mkdir(parents=True)
     auth = base64.b64encode(b"alice:pw:with:colons").decode()
     helper = tmp_path / "bin" / "docker-credential-mine"
     helper.parent.mkdir()
@@ -102,7 +101,6 @@ def test_docker_config_auths_helpers_and_variables(tmp_path: Path,
 
 def test_a_missing_helper_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     folder = Path(os.environ["DOCKER_CONFIG"])
-    folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"credsStore": "nowhere-xyz"}))
     with pytest.raises(InputError, match="docker-credential-nowhere-xyz is not on PATH"):
         credentials.for_host("a.example")
