@@ -42,6 +42,8 @@ class RemoteSettings:
     trust_registry: bool = False  # the user's config says this remote's access control is trust
     require: bool = False  # --require-remote: a remote failure is fatal (exit 3)
     sign_key: Path | None = None  # --sign-key / REPRO_SIGNING_KEY
+    user_named: bool = True  # the url came from the user (flag, variable, own config), not
+    # from the project's files: only then do REPRO_REGISTRY_* credentials go to its host
 
 
 def _remote_table(path: Path) -> dict[str, Any]:
@@ -101,13 +103,26 @@ def settings(project_root: Path | None, *, flag: str | None = None,
               (project.get("url"), str(project_path), project),
               (user.get("url"), str(user_path), user)]
     url, source, table = next(((u, s, t) for u, s, t in chosen if u), (None, "", {}))
+    push = bool(table.get("push", False))
+    from_project = table is project and bool(project)
+    if push and from_project and url != user.get("url"):
+        # a pull request must not be able to send the project's code and data elsewhere
+        log.warning("%s sets push = true for %s, a remote your own config (%s) does not "
+                    "name: nothing is pushed unless you say so (--push)", project_path, url,
+                    user_path)
+        push = False
+    for where, keys in ((str(user_path), user.get("trusted-keys", [])), ("--trust", trust),
+                        ("REPRO_TRUSTED_KEYS",
+                         [k.strip() for k in os.environ.get("REPRO_TRUSTED_KEYS", "").split(",")
+                          if k.strip()])):
+        for key in keys:
+            signing.public_key(str(key), where=f"{where}: trusted key {key!r}")
     keys = [*user.get("trusted-keys", []), *trust,
             *(k.strip() for k in os.environ.get("REPRO_TRUSTED_KEYS", "").split(",")
               if k.strip())]
-    for key in keys:
-        signing.public_key(key, where=f"trusted key {key!r}")
     signing_key = sign_key or os.environ.get("REPRO_SIGNING_KEY") or None
     # `trust = "registry"` covers the user's own remote only, never one a project names
     trust_registry = user.get("trust") == "registry" and url == user.get("url")
-    return RemoteSettings(url, source, bool(table.get("push", False)), tuple(dict.fromkeys(keys)),
-                          trust_registry, require, Path(signing_key) if signing_key else None)
+    return RemoteSettings(url, source, push, tuple(dict.fromkeys(keys)), trust_registry,
+                          require, Path(signing_key) if signing_key else None,
+                          user_named=not from_project)

@@ -1,10 +1,13 @@
 """Registry credentials, from where Docker and its tools keep them.
 
-In order: REPRO_REGISTRY_USERNAME and REPRO_REGISTRY_PASSWORD; then the Docker config
-($DOCKER_CONFIG/config.json, else ~/.docker/config.json): `credHelpers[host]`, `auths[host]`
-(base64 `user:password`), `credsStore`; a helper is `docker-credential-<name> get`, given the
-host on stdin, answering `{"Username": …, "Secret": …}`. Credentials live in memory only:
-never written to the store, a record, a log line or an error message.
+In order: REPRO_REGISTRY_USERNAME and REPRO_REGISTRY_PASSWORD, for a host the user named (the
+remote from --remote, REPRO_REMOTE or the user's own config; `build --push REF`), never for one
+a project's files name: they are for no host in particular. Then the Docker config
+($DOCKER_CONFIG/config.json, else ~/.docker/config.json): `credHelpers`, `auths` (base64
+`user:password`; keys like `https://HOST/v1/` match too), `credsStore`; a helper is
+`docker-credential-<name> get`, given the host on stdin, answering `{"Username": …,
+"Secret": …}`. Credentials live in memory only: never written to the store, a record, a log
+line or an error message.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import subprocess
 from pathlib import Path
 from typing import NamedTuple
 
-from builder.errors import InputError
+from builder.errors import RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +44,15 @@ def _helper(name: str, host: str) -> Credentials | None:
     program = f"docker-credential-{name}"
     try:
         done = subprocess.run([program, "get"], input=host, capture_output=True, text=True,
-                              timeout=60, check=False)
+                              timeout=30, check=False)
     except FileNotFoundError:
-        raise InputError(f"{_docker_config()} names the credential helper {name!r}, but "
-                         f"{program} is not on PATH",
-                         hint=f"install {program}, or remove it from the Docker config") from None
+        raise RegistryError(f"{_docker_config()} names the credential helper {name!r}, but "
+                            f"{program} is not on PATH",
+                            hint=f"install {program}, or remove it from the Docker config"
+                            ) from None
     except subprocess.TimeoutExpired:
-        raise InputError(f"{program} get did not answer within 60 s for {host}") from None
+        raise RegistryError(f"{program} get did not answer within 30 s for {host}",
+                            hint=f"check {program}, or log in again") from None
     if done.returncode != 0:  # "credentials not found in native keychain": none for this host
         log.debug("%s has no credentials for %s", program, host)
         return None
@@ -55,54 +60,63 @@ def _helper(name: str, host: str) -> Credentials | None:
         answer = json.loads(done.stdout)
         return Credentials(str(answer["Username"]), str(answer["Secret"]), program)
     except (ValueError, KeyError, TypeError):
-        raise InputError(f"{program} get answered something that is not "
-                         '{"Username": …, "Secret": …} for ' + host) from None
+        raise RegistryError(f"{program} get answered something that is not "
+                            '{"Username": …, "Secret": …} for ' + host,
+                            hint=f"check {program}, or remove it from {_docker_config()}"
+                            ) from None
 
 
-def _keys(host: str) -> list[str]:
-    """The names a Docker config may file a registry under."""
-    names = [host, f"https://{host}", f"http://{host}"]
+def _host_of(key: str) -> str:
+    """The host a Docker config's key names: `https://HOST/v1/`, `HOST`, in any case."""
+    return key.lower().split("://", 1)[-1].split("/", 1)[0]
+
+
+def _entry(table: object, host: str) -> object:
+    """The value a Docker config table files under this host, whatever the key's form."""
+    if not isinstance(table, dict):
+        return None
+    hosts = {host.lower()}
     if host in ("registry-1.docker.io", "docker.io", "index.docker.io"):
-        names.append("https://index.docker.io/v1/")
-    return names
+        hosts |= {"registry-1.docker.io", "docker.io", "index.docker.io"}
+    return next((v for k, v in table.items() if isinstance(k, str) and _host_of(k) in hosts),
+                None)
 
 
-def for_host(host: str) -> Credentials | None:
-    """The credentials for a registry host, or None (anonymous).
+def for_host(host: str, *, variables: bool = False) -> Credentials | None:
+    """The credentials for a registry host, or None (anonymous); REPRO_REGISTRY_* only with
+    `variables` (a host the user named).
 
     Raises:
-        InputError: the Docker config or a helper it names is broken.
+        RegistryError: the Docker config, or a helper it names, is broken.
     """
-    name = os.environ.get("REPRO_REGISTRY_USERNAME")
-    password = os.environ.get("REPRO_REGISTRY_PASSWORD")
-    if name and password:
-        return Credentials(name, password, "REPRO_REGISTRY_USERNAME/_PASSWORD")
+    user = os.environ.get("REPRO_REGISTRY_USERNAME") if variables else None
+    password = os.environ.get("REPRO_REGISTRY_PASSWORD") if variables else None
+    if user and password:
+        return Credentials(user, password, "REPRO_REGISTRY_USERNAME/_PASSWORD")
     path = _docker_config()
     try:
         config = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read the Docker config {path}: {exc}",
-                         hint="fix it, or point DOCKER_CONFIG at another folder") from None
+        raise RegistryError(f"cannot read the Docker config {path}: {exc}",
+                            hint="fix it, or point DOCKER_CONFIG at another folder") from None
     if not isinstance(config, dict):
-        raise InputError(f"the Docker config {path} is not a JSON object")
-    helpers = config.get("credHelpers") or {}
-    for key in _keys(host):
-        if key in helpers:
-            return _helper(str(helpers[key]), host)
-    auths = config.get("auths") or {}
-    for key in _keys(host):
-        entry = auths.get(key) if isinstance(auths, dict) else None
-        if isinstance(entry, dict) and entry.get("auth"):
-            try:
-                user, sep, secret = base64.b64decode(entry["auth"]).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError, TypeError):
-                sep = ""
-            if not sep:
-                raise InputError(f"{path}: auths[{key!r}].auth is not base64 of "
-                                 "`user:password`", hint="log in again (docker login)")
-            return Credentials(user, secret, str(path))
+        raise RegistryError(f"the Docker config {path} is not a JSON object",
+                            hint="fix it, or point DOCKER_CONFIG at another folder")
+    helper = _entry(config.get("credHelpers"), host)
+    if helper:
+        return _helper(str(helper), host)
+    entry = _entry(config.get("auths"), host)
+    if isinstance(entry, dict) and entry.get("auth"):
+        try:
+            name, sep, secret = base64.b64decode(entry["auth"]).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError, TypeError):
+            sep = ""
+        if not sep:
+            raise RegistryError(f"{path}: the auths entry for {host} is not base64 of "
+                                "`user:password`", hint=f"log in again (docker login {host})")
+        return Credentials(name, secret, str(path))
     if config.get("credsStore"):
         return _helper(str(config["credsStore"]), host)
     return None

@@ -76,15 +76,21 @@ def lookup(target: str | None, *, store: Store, recipe_hint: str | None = None,
     """Which runs match a target: a file (which run made it?), a recipe (is it trained?),
     a run key / record digest (whole or 8+ hex characters), or an image (an OCI layout
     folder, or a manifest digest repro built): which recipe, env and lock made it. What the
-    store does not know is asked of the remote, when there is one (one GET per identity).
+    store does not know is asked of the remote, when there is one (one GET per identity); a
+    sha256 that names no image repro built may be an output's, by the remote's index.
 
     Raises:
         InputError: the target is none of these.
     """
     found = _local(target, store, recipe_hint)
-    if found.found or remote is None or not found.digest or found.kind == "image":
+    if found.found or remote is None or not found.digest:
         return found
-    if found.kind == "file":
+    if found.kind == "image":  # a sha256 repro did not build: perhaps an output's
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", found.target):
+            return found
+        answer = remote.safely("not found there", lambda: remote.producer(found.target), None)
+        found = Found("file", found.target, found.target)
+    elif found.kind == "file":
         answer = remote.safely("not found there", lambda: remote.producer(found.digest), None)
     else:  # a recipe's run key, or a whole run key
         answer = remote.safely("not found there", lambda: _remote_run(remote, found.digest),

@@ -10,11 +10,14 @@ HTTP only for loopback hosts, as Docker does; everything read is checked against
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import json
 import logging
+import math
 import re
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -53,6 +56,7 @@ def _bounded(stream: BinaryIO, limit: int, what: str) -> bytes:
 
 _REFERENCE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)"
                         r"[a-z0-9]+)*)*(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?")
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{1,8192}")  # RFC 6750's token68, bounded
 _LOOPBACK = re.compile(r"^(localhost|127(\.\d+){3}|\[::1\])(:\d+)?$")
 
 
@@ -91,10 +95,12 @@ class Reference:
 class _Transient(Exception):
     """A failure worth another try: 429, a 5xx, a dropped or timed-out connection."""
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    def __init__(self, reason: str, retry_after: float | None = None, *,
+                 timed_out: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.timed_out = timed_out
 
 
 RETRY_STATUS = (429, 500, 502, 503, 504)
@@ -124,8 +130,9 @@ Opener = Callable[[], contextlib.AbstractContextManager[Any]]  # a stream with r
 class Registry:
     """One registry host: its scheme, its credentials and the token it gave."""
 
-    def __init__(self, host: str, timeout: float = 60) -> None:
+    def __init__(self, host: str, timeout: float = 30, *, user_named: bool = False) -> None:
         self.host = host
+        self.user_named = user_named  # REPRO_REGISTRY_* credentials are for this host
         self.scheme = "http" if _LOOPBACK.match(host) else "https"
         self.timeout = timeout
         self.authorization: str | None = None
@@ -160,7 +167,12 @@ class Registry:
                 raise RegistryError(f"cannot reach the registry {self.host}: {reason}",
                                     hint="check the address, or start the registry; nothing "
                                          "was written") from None
-            raise _Transient(str(reason) or type(exc).__name__) from None
+            if isinstance(reason, ssl.SSLError):  # another try would fail the same way
+                raise RegistryError(f"TLS with {self.host} failed: {reason}",
+                                    hint="check the host name and its certificate (plain "
+                                         "HTTP is for loopback hosts only)") from None
+            raise _Transient(str(reason) or type(exc).__name__,
+                             timed_out=isinstance(reason, TimeoutError)) from None
         with response:
             yield response.status, dict(response.headers), response
 
@@ -171,11 +183,13 @@ class Registry:
         Raises:
             RegistryError: it still failed after RETRIES more tries.
         """
+        timeouts = 0
         for n in range(RETRIES + 1):
             try:
                 return attempt()
             except _Transient as exc:
-                if n == RETRIES:
+                timeouts += exc.timed_out
+                if n == RETRIES or timeouts > 1:  # one that hangs: not 6 timeouts
                     raise RegistryError(f"{what}: {exc.reason} from {self.host}, still after "
                                         f"{n + 1} tries", hint="check the address, or that "
                                         "the registry is up; nothing was half-written") from None
@@ -185,7 +199,8 @@ class Registry:
                          self.host, wait)
                 time.sleep(wait)
             except _NETWORK as exc:  # a connection dropped while a body was being read
-                if n == RETRIES:
+                timeouts += isinstance(exc, TimeoutError)
+                if n == RETRIES or timeouts > 1:
                     raise RegistryError(f"{what}: {exc} from {self.host}, still after "
                                         f"{n + 1} tries") from None
                 time.sleep(BACKOFF * 2**n)
@@ -232,10 +247,14 @@ class Registry:
 
         return self.retrying(f"{method} {path_or_url}", attempt)
 
-    def _credentials(self) -> Credentials | None:
+    @functools.cached_property
+    def _found(self) -> Credentials | None:
         from builder import credentials  # noqa: PLC0415
 
-        return credentials.for_host(self.host)
+        return credentials.for_host(self.host, variables=self.user_named)
+
+    def _credentials(self) -> Credentials | None:
+        return self._found
 
     def _who(self) -> str:
         found = self._credentials()
@@ -260,20 +279,33 @@ class Registry:
                                 "authentication; repro speaks Basic and Bearer")
         params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
         realm = params.pop("realm", "")
+        where = urllib.parse.urlsplit(realm)
+        if where.scheme not in ("http", "https") or (
+                where.scheme == "http" and not _LOOPBACK.match(where.netloc)):
+            raise RegistryError(f"{self.host} names the token service {realm!r}; repro asks "
+                                "for tokens over HTTPS only (plain HTTP on loopback)")
         query = urllib.parse.urlencode(params)
         headers = {"Authorization": found.basic()} if found else {}
         with self._open("GET", f"{realm}?{query}", headers, None) as (status, _, body):
             if status != 200:
                 raise RegistryError(f"the token service {realm} answered HTTP {status} to "
                                     f"{self._who()}", hint=self._login_hint())
-            data = json.loads(_bounded(body, MAX_DOCUMENT, realm))
-        return f"Bearer {data.get('token') or data.get('access_token')}"
+            try:
+                data = json.loads(_bounded(body, MAX_DOCUMENT, realm))
+            except ValueError:
+                data = None
+        token = data.get("token") or data.get("access_token") if isinstance(data, dict) else None
+        if not isinstance(token, str) or not _TOKEN.fullmatch(token):
+            raise RegistryError(f"the token service {realm} answered without a usable token "
+                                "(not JSON with a `token` of token characters)",
+                                hint="the registry's token service is misconfigured")
+        return f"Bearer {token}"
 
     def manifest(self, repo: str, reference: str) -> tuple[bytes, str]:
         """A manifest's bytes and media type; checked when `reference` is a digest."""
         found = self.manifest_if(repo, reference)
         if found is None:
-            raise RegistryError(f"{self.host}/{repo} has no manifest {reference}",
+            raise RegistryError(f"{self.host}/{repo} has no manifest {reference} (HTTP 404)",
                                 hint="check the reference (and the tag)")
         return found
 
@@ -373,10 +405,12 @@ class Registry:
 
 
 def _retry_after(headers: Any) -> float | None:
+    """Retry-After in seconds, when it is a finite, non-negative number."""
     try:
-        return float(headers.get("Retry-After"))
+        wait = float(headers.get("Retry-After"))
     except (TypeError, ValueError):
         return None
+    return wait if math.isfinite(wait) and wait >= 0 else None
 
 
 def resolve_tag(ref: str) -> str:

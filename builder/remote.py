@@ -23,6 +23,7 @@ import datetime as dt
 import functools
 import gzip
 import hashlib
+import http.client
 import json
 import logging
 import re
@@ -113,9 +114,16 @@ class Remote:
     def __init__(self, settings: RemoteSettings, store: Store) -> None:
         if settings.url is None:
             raise ValueError("no remote configured")
+        if "@" in settings.url.split("/", 1)[0]:  # user:password@host: never echoed
+            raise InputError(f"{settings.source}: the remote's url holds credentials "
+                             "(USER:PASSWORD@HOST); they are not used, and should not be there",
+                             hint="give them through `docker login`, a credential helper, or "
+                                  "REPRO_REGISTRY_USERNAME and REPRO_REGISTRY_PASSWORD")
         found = _URL.fullmatch(settings.url.removeprefix("oci://"))
+        port = re.search(r":(\d+)$", found["host"]) if found else None
         if found is None or not ("." in found["host"] or ":" in found["host"]
-                                 or found["host"] == "localhost"):
+                                 or found["host"] == "localhost") \
+                or (port is not None and not 0 < int(port[1]) < 65536):
             raise InputError(f"{settings.source}: the remote {settings.url!r} is not "
                              "HOST[:PORT]/PATH", hint="e.g. ghcr.io/team/repro-cache or "
                                                       "localhost:5000/cache (no tag)")
@@ -123,7 +131,7 @@ class Remote:
         self.store = store
         self.host, self.repo = found["host"], found["repo"]
         self.url = f"{self.host}/{self.repo}"
-        self.client = Registry(self.host)
+        self.client = Registry(self.host, user_named=settings.user_named)
         self._envs: dict[str, dict[str, dict[str, Any]] | None] = {}
         self.failed: str | None = None  # why the remote failed, once it has
 
@@ -187,9 +195,7 @@ class Remote:
         hint = ("trust its signer with --trust KEY, REPRO_TRUSTED_KEYS, or trusted-keys in "
                 f"[remote] of your config ({_user_config()})")
         if signer and signature:
-            good = signing.verify(signer, signature, signing.fingerprint(
-                kind, identity, content_digest(manifest)))
-            if not good:
+            if _valid_signer(manifest, kind, identity) is None:
                 raise Untrusted(f"{what} carries a signature that does not verify: it was "
                                 "changed after it was signed, and is not used",
                                 hint="push it again from a trusted machine")
@@ -207,8 +213,10 @@ class Remote:
     def _put_manifest(self, manifest: dict[str, Any], kind: str,
                       identity: str) -> dict[str, Any]:
         """Sign (when a key is set) and upload a manifest under its identity's tag; returns
-        its descriptor."""
-        if self.signer is not None and kind in ("run", "env"):
+        its descriptor. A signed run or env already there is never replaced by an unsigned
+        one (a push without a key would otherwise unpublish CI's signed answer)."""
+        signed = kind in ("run", "env")
+        if self.signer is not None and signed:
             notes = manifest["annotations"]
             notes.pop(SIGNATURE, None)
             notes[SIGNER] = self.signer.public
@@ -218,6 +226,14 @@ class Remote:
         if len(body) > MAX_DOCUMENT:
             raise InputError(f"the {kind} manifest for {identity} is over 4 MiB (too many "
                              "outputs or data inputs for one manifest)")
+        if signed and self.signer is None:
+            there = self.client.manifest_if(self.repo, tag(kind, identity))
+            signer = _valid_signer(json.loads(there[0]), kind, identity) if there else None
+            if there is not None and signer is not None:
+                log.warning("%s:%s is signed by %s; an unsigned push does not replace it",
+                            self.url, tag(kind, identity), signer)
+                return {"mediaType": MANIFEST, "digest": hashing.sha256_digest(there[0]),
+                        "size": len(there[0])}
         digest = self.client.push_manifest(self.repo, tag(kind, identity), body, MANIFEST)
         return {"mediaType": MANIFEST, "digest": digest, "size": len(body)}
 
@@ -288,6 +304,8 @@ class Remote:
                                             f"{size} bytes; nothing was stored")
                     w.write(chunk)
                     advance(len(chunk))
+                if w.size < size:  # the connection closed early: worth another try
+                    raise http.client.IncompleteRead(b"", size - w.size)
                 got = w.stored()
                 if got.sha256 != sha or got.size != size:
                     raise RegistryError(f"{self.url}: blob {sha} arrived as {got.sha256} "
@@ -576,25 +594,47 @@ class Remote:
         return self._envs[env_id] or {}
 
     def layer(self, env_id: str, key: str) -> Layer | None:
+        """A package layer from the remote's env, into the store; None (with a warning when
+        the remote failed or is not trusted) when there is none to use."""
+        return self.safely("building the layer here", lambda: self._layer(env_id, key), None)
+
+    def _layer(self, env_id: str, key: str, moved: Moved | None = None) -> Layer | None:
         """A package layer from the remote's env, into the store, its diff_id checked by
-        decompressing it; None (a warning when the remote failed) when it has none."""
-        def attempt() -> Layer | None:
-            from builder.image.tarball import Layer  # noqa: PLC0415
+        decompressing it; None when the env has no layer of that key.
 
-            described = self.env_layers(env_id).get(key)
-            if described is None:
-                return None
-            blob = self.fetch(described, Moved())
-            diff_id = described["annotations"].get("dev.repro.diff-id")
-            if _diff_id(self.store, blob) != diff_id:
-                self.store.blobs.quarantine(blob, "its uncompressed digest is not the diff_id "
-                                                  "the remote's manifest names")
-                raise RegistryError(f"{self.url}: a layer of env {env_id} is not the tar its "
-                                    "manifest describes")
-            return Layer(str(diff_id), str(described["digest"]), int(described["size"]), None,
-                         blob)
+        Raises:
+            Untrusted, RegistryError.
+        """
+        from builder.image.tarball import Layer  # noqa: PLC0415
 
-        return self.safely("building the layer here", attempt, None)
+        described = self.env_layers(env_id).get(key)
+        if described is None:
+            return None
+        blob = self.fetch(described, moved if moved is not None else Moved())
+        diff_id = described["annotations"].get("dev.repro.diff-id")
+        if _diff_id(self.store, blob) != diff_id:
+            self.store.blobs.quarantine(blob, "its uncompressed digest is not the diff_id "
+                                              "the remote's manifest names")
+            raise RegistryError(f"{self.url}: a layer of env {env_id} is not the tar its "
+                                "manifest describes")
+        return Layer(str(diff_id), str(described["digest"]), int(described["size"]), None,
+                     blob)
+
+    def pull_env(self, env_id: str, moved: Moved) -> int:
+        """An env's package layers into the store, each noted so `build --image` finds it.
+        Returns how many; 0 when the remote has no such env.
+
+        Raises:
+            Untrusted, RegistryError.
+        """
+        from builder.image.build import note_layer  # noqa: PLC0415
+
+        found = self.env_layers(env_id)
+        for key in sorted(found):
+            layer = self._layer(env_id, key, moved)
+            assert layer is not None  # noqa: S101  (the key is the env's)
+            note_layer(self.store, key, layer)
+        return len(found)
 
     # -- the remote as a whole -------------------------------------------------------------
     def ls(self) -> dict[str, list[str]]:
@@ -654,6 +694,19 @@ class _Counting:
         while data := self.stream.read(CHUNK):
             self.advance(len(data))
             yield data
+
+
+def _valid_signer(manifest: dict[str, Any], kind: str, identity: str) -> str | None:
+    """The key whose signature over this manifest verifies, trusted here or not."""
+    notes = manifest.get("annotations") if isinstance(manifest, dict) else None
+    if not isinstance(notes, dict):
+        return None
+    signer, signature = notes.get(SIGNER), notes.get(SIGNATURE)
+    if not (isinstance(signer, str) and isinstance(signature, str)):
+        return None
+    good = signing.verify(signer, signature, signing.fingerprint(
+        kind, identity, content_digest(manifest)))
+    return signer if good else None
 
 
 def _sha_of(manifest: dict[str, Any], b3: str) -> str | None:

@@ -465,6 +465,8 @@ class Validator:
                                  "command computes, and pass-env values are in no identity",
                                  hint="set it in [train] env (part of the run key), or leave "
                                       "it to repro" if not RESERVED.fullmatch(item)
+                                 else "REPRO_* names are repro's own (its settings and "
+                                 "credentials stay out of training)" if item.startswith("REPRO_")
                                  else f"repro sets {item} itself for every run")
         return tuple(names)
 

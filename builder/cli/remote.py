@@ -44,7 +44,8 @@ def push_cmd(recipe: str | None, target: str | None, env: bool, every: bool, no_
              remote: Any) -> None:
     """Push a run (TARGET: a run key or record digest; default: the recipe's latest run) to
     the remote cache, signed with --sign-key: its record, outputs, data, recipe, lock and
-    code, then its tags. Exit 3 when the remote fails."""
+    code, then its tags; or the recipe's environment (--env, or TARGET its env id). Exit 3
+    when the remote fails."""
     from builder.lookup import runs_of, show  # noqa: PLC0415
     from builder.remote import Moved  # noqa: PLC0415
 
@@ -58,8 +59,9 @@ def push_cmd(recipe: str | None, target: str | None, env: bool, every: bool, no_
     if every:
         targets = [row["record"] for row in runs_of(project.recipe, store=store)
                    if row["status"] == "succeeded"]
-    elif env:
-        targets = []
+    elif env or (target and target.removeprefix("blake3:") ==
+                 project.lock.env_id.removeprefix("blake3:")):
+        targets, env = [], True
     else:
         targets = [show(target, store=store, recipe_hint=recipe)[0]]
     for digest in targets:
@@ -88,53 +90,71 @@ def _add(total: Any, moved: Any) -> None:
 @_remote_flags
 def pull_cmd(recipe: str | None, target: str | None, env: bool, every: bool,
              remote: Any) -> None:
-    """Pull a run (TARGET: a whole run key; default: the recipe's current run key) from the
-    remote cache into the store, with everything it was made from, each byte checked. Exit 1
-    when the remote has no such run or it is not signed by a trusted key."""
-    from builder.remote import Moved  # noqa: PLC0415
+    """Pull a run or an environment (TARGET: a whole run key or env id; default: the
+    recipe's current run key) from the remote cache into the store, with everything it was
+    made from, each byte checked. Exit 1 when the remote has no such thing, or it is not
+    signed by a trusted key."""
+    from builder.remote import Moved, Untrusted  # noqa: PLC0415
 
     total = Moved()
-    if target is not None and not env:
-        store = _store()
-        cache = _required(_with_remote(None, remote, store))
-        keys = ["blake3:" + target.removeprefix("blake3:")]
-        project = None
-    else:
-        project = _project(recipe, "locked")
-        cache = _required(_with_remote(project, remote))
-        keys = []
-        if not env:
-            from builder.run import plan  # noqa: PLC0415
-            from builder.runner import VenvRunner  # noqa: PLC0415
-
-            keys = [plan(project, VenvRunner(project)).key]
-    if every:
-        keys = ["blake3:" + name.removeprefix("run-") for name in cache.ls()["run"]]
+    cache, keys, envs = _pull_targets(recipe, target, env, every, remote)
     pulled: list[str] = []
     missing: list[str] = []
+    refused: list[str] = []
     for key in keys:
-        if not (len(key) == 71 and all(c in "0123456789abcdef" for c in key[7:])):
-            raise click.BadParameter(f"{key} is not a whole run key (blake3: and 64 hex "
-                                     "digits)", param_hint="TARGET")
-        found = cache.pull_run(key, everything=True, moved=total)
-        (pulled if found else missing).append(key)
-    if env and project is not None:
-        from builder.image.build import layer_key  # noqa: PLC0415
-
-        env_id = project.lock.env_id
-        layers = cache.env_layers(env_id)
-        if not layers:
-            missing.append(env_id)
-        for pkg in project.lock.packages:
-            if layer_key(project, pkg) in layers \
-                    and cache.layer(env_id, layer_key(project, pkg)) is not None:
-                total.tags.append(f"{pkg.name} {pkg.version}")
-    result = {"remote": cache.url, "pulled": pulled, "missing": missing, **total.to_json()}
+        try:
+            found = cache.pull_run(key, everything=True, moved=total)
+        except Untrusted as exc:
+            if not every:
+                raise
+            click.echo(f"warning: {exc.message}", err=True)  # the others are still pulled
+            refused.append(key)
+            continue
+        if found is not None:
+            pulled.append(key)
+        elif target is not None:
+            envs.append(key)  # not a run: perhaps an env id
+        else:
+            missing.append(key)
+    for env_id in envs:
+        (pulled if cache.pull_env(env_id, total) else missing).append(env_id)
+    result = {"remote": cache.url, "pulled": pulled, "missing": missing, "untrusted": refused,
+              **total.to_json()}
     lines = [_moved_line("pulled", total, cache.url)]
     lines += [f"not on the remote: {m}" for m in missing]
+    lines += [f"not signed by a trusted key, not pulled: {m}" for m in refused]
     _emit(result, "\n".join(lines))
-    if missing:
+    if missing or refused:
         raise click.exceptions.Exit(errors.EXIT_CHECK)
+
+
+def _pull_targets(recipe: str | None, target: str | None, env: bool, every: bool,
+                  remote: Any) -> tuple[Any, list[str], list[str]]:
+    """The remote, the run keys and the env ids `repro pull` was asked for."""
+    if target is not None or every:
+        cache = _required(_with_remote(None, remote, _store()))
+        if every:
+            return cache, ["blake3:" + n.removeprefix("run-") for n in cache.ls()["run"]], []
+        return cache, [_whole(target or "")], []
+    project = _project(recipe, "locked")
+    cache = _required(_with_remote(project, remote))
+    if env:
+        return cache, [], [project.lock.env_id]
+    from builder.run import plan  # noqa: PLC0415
+    from builder.runner import VenvRunner  # noqa: PLC0415
+
+    return cache, [plan(project, VenvRunner(project)).key], []
+
+
+def _whole(target: str) -> str:
+    """A whole run key or env id, as `blake3:<hex>`, from any form a user may have copied
+    (`run-<hex>` and `env-<hex>` as `remote ls` prints them, `blake3:<hex>`, `<hex>`)."""
+    hexed = target.removeprefix("run-").removeprefix("env-").removeprefix("blake3:")
+    if len(hexed) != 64 or not all(c in "0123456789abcdef" for c in hexed):
+        raise click.BadParameter(f"{target} is not a whole run key or env id (64 hex digits; "
+                                 "`blake3:`, `run-` or `env-` before them is fine)",
+                                 param_hint="TARGET")
+    return "blake3:" + hexed
 
 
 @cli.group("remote", cls=_Group)
@@ -158,7 +178,8 @@ def remote_ls(recipe: str | None, remote: Any) -> None:
 
 @remote_group.command("rm")
 @_common
-@click.option("--older-than", "days", type=click.FloatRange(min=0), required=True,
+@click.option("--older-than", "days", type=click.FloatRange(min=0, max=36500), required=True,
+              callback=lambda _c, _p, v: _finite(v),
               metavar="DAYS", help="Remove runs and environments pushed more than DAYS ago.")
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
 @_remote_flags
@@ -170,6 +191,14 @@ def remote_rm(recipe: str | None, days: float, dry_run: bool, remote: Any) -> No
     verb = "would remove" if dry_run else "removed"
     _emit({"remote": cache.url, "removed": gone, "dry_run": dry_run},
           "\n".join([f"{verb} {len(gone)} tags from {cache.url}", *gone]))
+
+
+def _finite(days: float) -> float:
+    import math  # noqa: PLC0415
+
+    if not math.isfinite(days):
+        raise click.BadParameter(f"{days} is not a number of days", param_hint="--older-than")
+    return days
 
 
 @cli.group("key", cls=_Group)
@@ -187,6 +216,8 @@ def key_generate(recipe: str | None, file: str) -> None:
 
     from builder import signing  # noqa: PLC0415
 
+    if not Path(file).parent.is_dir():
+        raise click.BadParameter(f"{Path(file).parent} is not a folder", param_hint="FILE")
     public = signing.generate(Path(file))
     _emit({"private_key": file, "public_key": public},
           f"wrote the private key {file} (keep it secret: CI keeps it in a secret)\n{public}")

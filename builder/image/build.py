@@ -131,7 +131,7 @@ def _package_layer(project: Project, pkg: pylock.Package) -> tuple[tarball.Layer
     pulled = project.remote.layer(project.lock.env_id, key) if project.remote else None
     if pulled is not None:
         log.info("Layer %s %s from %s", pkg.name, pkg.version, project.remote.url)  # type: ignore[union-attr]
-        _note_layer(store, key, pulled)
+        note_layer(store, key, pulled)
         return pulled, True
     with store.scratch() as tmp:
         target = tmp / "site"
@@ -153,11 +153,12 @@ def _package_layer(project: Project, pkg: pylock.Package) -> tuple[tarball.Layer
                                   "(images never build sdists)") from exc
         normalise(target)
         built = tarball.write_layer([(target, SITE)], recipe.image.mtime, store.blobs)
-    _note_layer(store, key, built)
+    note_layer(store, key, built)
     return built, False
 
 
-def _note_layer(store: Store, key: str, layer: tarball.Layer) -> None:
+def note_layer(store: Store, key: str, layer: tarball.Layer) -> None:
+    """Remember a package layer (built, or pulled) under its key, for the next build."""
     meta = store.layers.path(key)
     if meta.is_dir() and not meta.is_symlink():  # damage in a note's place
         remove_tree(meta)
@@ -307,7 +308,7 @@ def push_image(image: layout.Image, ref: str, blobs: Blobs, *,
     import functools  # noqa: PLC0415
 
     target = registry.Reference.parse(ref)
-    client = registry.Registry(target.registry)
+    client = registry.Registry(target.registry, user_named=True)  # --push REF: the user's
     client.push_blob(target.repository, image.config_digest, image.config)
     for x in image.layers:
         client.push_blob(target.repository, x.digest, functools.partial(layout.open_layer, x,

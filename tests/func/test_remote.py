@@ -107,6 +107,14 @@ def big_model(project: Path, megabytes: int = 4) -> Path:
     return project
 
 
+def users(tmp_path: Path, password: str) -> Path:
+    """An htpasswd file (bcrypt, by Apache's htpasswd) with the one user `ci`."""
+    path = tmp_path / "htpasswd"
+    path.write_text(subprocess.run(["htpasswd", "-Bbn", "ci", password], check=True,
+                                   capture_output=True, text=True).stdout)
+    return path
+
+
 def store(tmp_path: Path, name: str) -> dict[str, str]:
     return {"REPRO_HOME": str(tmp_path / name)}
 
@@ -183,9 +191,7 @@ def test_a_miss_costs_one_request_and_a_hit_moves_only_what_the_store_lacks(
 def test_credentials_from_a_docker_config_and_from_a_helper_and_never_stored(
         project: Path, tmp_path: Path, key: tuple[Path, str]) -> None:
     password = "s3cret-Pa55word"  # noqa: S105
-    htpasswd = tmp_path / "htpasswd"
-    htpasswd.write_text(subprocess.run(["htpasswd", "-Bbn", "ci", password], check=True,
-                                       capture_output=True, text=True).stdout)
+    htpasswd = users(tmp_path, password)
     with _serve(tmp_path / "registry", htpasswd=htpasswd) as registry:
         _authenticated(project, tmp_path, registry, key, password)
 
@@ -372,6 +378,19 @@ def test_env_layers_pushed_once_are_pulled_by_an_image_build_elsewhere(
     assert "from " + registry.remote in built_b.err
     assert built_b.json["image"] == built_a.json["image"]
 
+    env_id = next(t for t in a.json["tags"] if t.startswith("env-")).removeprefix("env-")
+    pulled = repro("pull", env_id, "--remote", registry.remote, "--trust", public, "--json",
+                   cwd=checkout, env=store(tmp_path, "c"))
+    assert pulled.code == 0, pulled.err
+    assert pulled.json["pulled"] == ["blake3:" + env_id]
+    built_c = repro("build", "--image", "--json", "-o", tmp_path / "c-layout", cwd=checkout,
+                    env={**store(tmp_path, "c"), "REPRO_OFFLINE": "1"})
+    assert built_c.code == 0, built_c.err
+    assert built_c.json["cached_layers"] == len(built_c.json["layers"]) - 1  # all but code
+    unsigned = repro("pull", env_id, "--remote", registry.remote, cwd=checkout,
+                     env=store(tmp_path, "d"))
+    assert unsigned.code == 1 and "a key not trusted here" in unsigned.err
+
 
 def test_remote_ls_lists_and_rm_removes_what_is_older(
         project: Path, tmp_path: Path, registry: Registry, key: tuple[Path, str]) -> None:
@@ -439,3 +458,95 @@ def test_the_repository_recipe_runs_from_the_remote_in_a_ci_like_job(
                         **store(tmp_path, "runner-2")})
     assert second.code == 0, second.err
     assert second.json["source"] == "remote"
+
+
+def test_a_project_config_can_name_a_remote_but_not_push_to_it_or_get_your_password(
+        project: Path, tmp_path: Path, key: tuple[Path, str]) -> None:
+    password = "pr-cannot-see-this"  # noqa: S105
+    htpasswd = users(tmp_path, password)
+    with _serve(tmp_path / "open") as open_registry, \
+            _serve(tmp_path / "locked", htpasswd=htpasswd) as locked:
+        (project / ".repro").mkdir()
+        config = project / ".repro" / "config.toml"
+        config.write_text(f'[remote]\nurl = "{open_registry.remote}"\npush = true\n')
+        secrets = {"REPRO_REGISTRY_USERNAME": "ci", "REPRO_REGISTRY_PASSWORD": password}
+        r = repro("run", "--json", cwd=project, env={**store(tmp_path, "a"), **secrets})
+        assert r.code == 0, r.err
+        assert "nothing is pushed unless you say so" in r.err
+        assert open_registry.tags() == []  # the project's code and data went nowhere
+
+        config.write_text(f'[remote]\nurl = "{locked.remote}"\n')
+        r = repro("run", "--seed", "8", "--json", cwd=project,
+                  env={**store(tmp_path, "a"), **secrets})
+        assert r.code == 0, r.err
+        assert "asks for a user name and password, and none is configured" in r.err
+        # the same variables do reach a remote the user named
+        named = repro("run", "--seed", "8", "--push", "--remote", locked.remote, "--sign-key",
+                      key[0], "--json", cwd=project, env={**store(tmp_path, "a"), **secrets})
+        assert named.code == 0, named.err
+        assert named.json["pushed"]["blobs"] >= 6
+
+
+def test_an_unsigned_push_never_replaces_a_signed_run(
+        project: Path, tmp_path: Path, registry: Registry, key: tuple[Path, str]) -> None:
+    private, public = key
+    signed = repro("run", "--push", "--remote", registry.remote, "--sign-key", private,
+                   "--json", cwd=project, env=store(tmp_path, "ci"))
+    assert signed.code == 0, signed.err
+    run_tag = "run-" + signed.json["run_key"].removeprefix("blake3:")
+    before = registry.manifest(run_tag)
+    other = clone(project, tmp_path / "dev")
+    unsigned = repro("run", "--push", "--remote", registry.remote, "--json", cwd=other,
+                     env=store(tmp_path, "dev"))
+    assert unsigned.code == 0, unsigned.err
+    assert "an unsigned push does not replace it" in unsigned.err
+    assert registry.manifest(run_tag) == before
+    assert _served(project, tmp_path, registry.remote, "--trust", public)["source"] == "remote"
+
+
+def test_pull_all_pulls_every_trusted_run_past_an_untrusted_one(
+        project: Path, tmp_path: Path, registry: Registry, key: tuple[Path, str]) -> None:
+    private, public = key
+    other = tmp_path / "keys" / "other.key"
+    repro("key", "generate", other)
+    for seed, signer in ((1, private), (2, other), (3, private)):
+        r = repro("run", "--seed", str(seed), "--push", "--remote", registry.remote,
+                  "--sign-key", signer, cwd=project, env=store(tmp_path, "ci"))
+        assert r.code == 0, r.err
+    pulled = repro("pull", "--all", "--remote", registry.remote, "--trust", public, "--json",
+                   cwd=tmp_path, env=store(tmp_path, "b"))
+    assert pulled.code == 1
+    assert len(pulled.json["pulled"]) == 2 and len(pulled.json["untrusted"]) == 1
+    one = pulled.json["pulled"][0].removeprefix("blake3:")
+    again = repro("pull", f"run-{one}", "--remote", registry.remote, "--trust", public,
+                  "--json", cwd=tmp_path, env=store(tmp_path, "c"))
+    assert again.code == 0, again.err
+
+
+def test_which_run_made_a_file_by_its_sha256(
+        project: Path, tmp_path: Path, registry: Registry, key: tuple[Path, str]) -> None:
+    import hashlib
+
+    private, public = key
+    a = repro("run", "--push", "--remote", registry.remote, "--sign-key", private, "--json",
+              cwd=project, env=store(tmp_path, "a"))
+    assert a.code == 0, a.err
+    sha = "sha256:" + hashlib.sha256((project / "model.npz").read_bytes()).hexdigest()
+    found = repro("lookup", sha, "--remote", registry.remote, "--trust", public, "--json",
+                  cwd=tmp_path, env=store(tmp_path, "b"))
+    assert found.code == 0, found.err
+    assert found.json["runs"][0]["run_key"] == a.json["run_key"]
+
+
+def test_a_broken_credential_setup_is_a_warning_for_a_run(
+        project: Path, tmp_path: Path) -> None:
+    htpasswd = users(tmp_path, "pw")
+    (Path(os.environ["DOCKER_CONFIG"]) / "config.json").write_text("{not json")
+    with _serve(tmp_path / "registry", htpasswd=htpasswd) as registry:
+        r = repro("run", "--remote", registry.remote, "--json", cwd=project,
+                  env=store(tmp_path, "a"))
+    assert r.code == 0, r.err
+    assert r.json["source"] == "trained"
+    assert "cannot read the Docker config" in r.err
+    leaked = repro("run", "--remote", "ci:hunter2@localhost:5000/x", cwd=project)
+    assert leaked.code == 2 and "hunter2" not in leaked.err + leaked.out

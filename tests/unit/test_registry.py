@@ -157,7 +157,7 @@ def test_retries_then_a_redirect_to_another_host_drops_the_authorization(
     monkeypatch.setenv("REPRO_REGISTRY_PASSWORD", "p")
     try:
         digest = "sha256:" + hashlib.sha256(b"blob bytes").hexdigest()
-        client = Registry(host)
+        client = Registry(host, user_named=True)  # REPRO_REGISTRY_* are for a host named so
 
         def read() -> bytes:
             with client.blob_stream("team/model", digest) as body:
@@ -180,10 +180,67 @@ def test_a_refused_password_names_where_it_came_from_but_not_the_password(
     monkeypatch.setenv("REPRO_REGISTRY_PASSWORD", "wrong-password")
     try:
         with pytest.raises(RegistryError) as caught:
-            Registry(host).manifest("team/model", "latest")
+            Registry(host, user_named=True).manifest("team/model", "latest")
     finally:
         httpd.shutdown()
         httpd.server_close()
     text = str(caught.value)
     assert "REPRO_REGISTRY_USERNAME/_PASSWORD" in text
     assert "wrong-password" not in text
+
+
+class BadTokens(BaseHTTPRequestHandler):
+    """A registry whose token service answers badly: `bodies` in turn."""
+
+    bodies: ClassVar[list[bytes]] = []
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        host = f"127.0.0.1:{self.server.server_address[1]}"
+        if self.path.startswith("/token"):
+            body = BadTokens.bodies.pop(0)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        if self.path.startswith("/v2/busy/"):
+            self.send_response(429)
+            self.send_header("Retry-After", "-1" if "neg" in self.path else "nan")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", f'Bearer realm="http://{host}/token"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+@pytest.mark.parametrize("body", [b"<html>", b"[]", b'"x"', b'{"token": "abc\\ndef"}',
+                                  b'{"token": 5}'])
+def test_a_token_service_that_answers_badly_is_a_registry_error(body: bytes) -> None:
+    BadTokens.bodies = [body]
+    httpd, host = _serve(BadTokens)
+    try:
+        with pytest.raises(RegistryError, match="without a usable token") as caught:
+            Registry(host).manifest("team/model", "latest")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert "abc" not in str(caught.value)
+
+
+def test_a_retry_after_that_is_not_a_wait_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    from builder import registry
+
+    monkeypatch.setattr(registry, "BACKOFF", 0.001)
+    httpd, host = _serve(BadTokens)
+    try:
+        for name in ("busy/neg", "busy/nan"):
+            with pytest.raises(RegistryError, match=r"HTTP 429 from .* still after 6 tries"):
+                Registry(host).manifest(name, "latest")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

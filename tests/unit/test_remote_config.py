@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from builder import config, credentials, signing
-from builder.errors import InputError
+from builder.errors import InputError, RegistryError
 from builder.remote import content_digest
 
 
@@ -94,15 +94,20 @@ def test_docker_config_auths_helpers_and_variables(tmp_path: Path,
     assert credentials.for_host("a.example")[:2] == ("alice", "pw:with:colons")  # type: ignore[index]
     assert credentials.for_host("h.example")[:2] == ("bob", "tok")  # type: ignore[index]
     assert credentials.for_host("none.example") is None
+    (folder / "config.json").write_text(json.dumps({"auths": {"HTTPS://A.example/v1/": {
+        "auth": auth}}}))
+    assert credentials.for_host("a.example")[:2] == ("alice", "pw:with:colons")  # type: ignore[index]
     monkeypatch.setenv("REPRO_REGISTRY_USERNAME", "ci")
     monkeypatch.setenv("REPRO_REGISTRY_PASSWORD", "x")
-    assert credentials.for_host("a.example")[:2] == ("ci", "x")  # type: ignore[index]
+    assert credentials.for_host("a.example", variables=True)[:2] == ("ci", "x")  # type: ignore[index]
+    # a host no user named (a recipe's base, a project's remote) never gets them
+    assert credentials.for_host("a.example")[:2] == ("alice", "pw:with:colons")  # type: ignore[index]
 
 
 def test_a_missing_helper_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     folder = Path(os.environ["DOCKER_CONFIG"])
     (folder / "config.json").write_text(json.dumps({"credsStore": "nowhere-xyz"}))
-    with pytest.raises(InputError, match="docker-credential-nowhere-xyz is not on PATH"):
+    with pytest.raises(RegistryError, match="docker-credential-nowhere-xyz is not on PATH"):
         credentials.for_host("a.example")
 
 
