@@ -44,14 +44,27 @@ MANIFEST_TYPES = (
 MAX_DOCUMENT = 4 << 20  # a manifest, index or config: the OCI spec's 4 MiB
 
 
-def _bounded(stream: BinaryIO, limit: int, what: str) -> bytes:
-    """A response body read whole, but never more than `limit` bytes into memory."""
-    body = stream.read(limit + 1)
-    if len(body) > limit:
-        raise RegistryError(f"{what}: the answer is over {limit} bytes, more than a manifest "
-                            "or config may be", hint="the registry or the base is not what "
-                                                     "it should be; nothing was written")
-    return body
+def _bounded(stream: BinaryIO, limit: int, what: str, seconds: float = 120) -> bytes:
+    """A response body read whole, but never more than `limit` bytes into memory, nor for
+    longer than `seconds` (a server dripping a byte at a time never times a read out)."""
+    deadline = time.monotonic() + seconds
+    parts, size = [], 0
+    while chunk := stream.read(min(1 << 16, limit + 1 - size)):
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise RegistryError(f"{what}: the answer is over {limit} bytes, more than a "
+                                "manifest or config may be", hint="the registry or the base "
+                                "is not what it should be; nothing was written")
+        if time.monotonic() > deadline:
+            raise RegistryError(f"{what}: the answer took over {seconds:.0f} s to arrive",
+                                hint="the registry is overloaded or misbehaving")
+    return b"".join(parts)
+
+
+def _said(body: bytes) -> str:
+    """The start of a registry's error body, as text for a message."""
+    return body[:300].decode("utf-8", "replace").strip() or "(no body)"
 
 
 _REFERENCE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)"
@@ -74,6 +87,10 @@ class Reference:
         Raises:
             InputError: not a reference (the distribution spec's grammar, roughly).
         """
+        if "@" in text.split("/", 1)[0] or "://" in text:  # USER:PASSWORD@HOST: not echoed
+            raise InputError("an image reference holds a scheme or credentials (scheme:// or "
+                             "USER:PASSWORD@HOST); neither is used there",
+                             hint="write REGISTRY/NAME[:TAG]; log in with `docker login`")
         if not _REFERENCE.fullmatch(text):
             raise InputError(f"{text!r} is not an image reference",
                              hint="write REGISTRY/NAME[:TAG][@sha256:DIGEST], e.g. "
@@ -111,14 +128,19 @@ _NETWORK = (ConnectionError, TimeoutError, http.client.HTTPException, urllib.err
 
 
 class _Redirects(urllib.request.HTTPRedirectHandler):
-    """Follow a redirect (a blob served from object storage), dropping the Authorization
-    header when it leads to another host: a token is for its registry alone."""
+    """Follow a redirect (a blob served from object storage) to HTTPS, or to plain HTTP on a
+    loopback host only, dropping the Authorization header when it leads anywhere else than
+    where it was sent: a token is for its registry alone."""
 
     def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
                          headers: Any, newurl: str) -> urllib.request.Request | None:
+        to, was = urllib.parse.urlsplit(newurl), urllib.parse.urlsplit(req.full_url)
+        if not (to.scheme == "https" or (to.scheme == "http" and _LOOPBACK.match(to.netloc))):
+            raise RegistryError(f"{was.netloc} redirected to {to.scheme}://{to.netloc}; repro "
+                                "follows redirects to HTTPS only (plain HTTP on loopback)",
+                                hint="the registry or what serves its blobs is misconfigured")
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if new is not None and urllib.parse.urlsplit(newurl).netloc != \
-                urllib.parse.urlsplit(req.full_url).netloc:
+        if new is not None and (to.netloc, to.scheme) != (was.netloc, was.scheme):
             new.remove_header("Authorization")
         return new
 
@@ -137,6 +159,7 @@ class Registry:
         self.timeout = timeout
         self.authorization: str | None = None
         self.requests = 0  # HTTP exchanges so far (what a remote costs)
+        self.answered_from = host  # the host that answered the last exchange (redirects)
 
     def _url(self, path: str) -> str:
         return f"{self.scheme}://{self.host}/v2/{path}"
@@ -153,9 +176,11 @@ class Registry:
         if self.authorization and urllib.parse.urlsplit(url).netloc == self.host:
             request.add_header("Authorization", self.authorization)
         self.requests += 1
+        self.answered_from = self.host
         try:
             response = _OPENER.open(request, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
+            self.answered_from = urllib.parse.urlsplit(exc.geturl() or url).netloc
             with exc:
                 if exc.code in RETRY_STATUS:
                     raise _Transient(f"HTTP {exc.code}", _retry_after(exc.headers)) from None
@@ -215,6 +240,12 @@ class Registry:
         url = path_or_url if "://" in path_or_url else self._url(path_or_url)
         for tried in (False, True):
             with self._open(method, url, headers, data) as (status, reply, stream):
+                if status == 401 and self.answered_from not in (self.host, ""):
+                    raise RegistryError(f"{self.host} redirected {method} {url} to "
+                                        f"{self.answered_from}, which asks for credentials; "
+                                        "repro sends them to the registry alone",
+                                        hint="the registry or what serves its blobs is "
+                                             "misconfigured")
                 if status == 401 and not tried:
                     challenge = reply.get("WWW-Authenticate", reply.get("Www-Authenticate", ""))
                     self.authorization = self._authorise(challenge)
@@ -226,7 +257,7 @@ class Registry:
                                         f"{self._who()}", hint=self._login_hint())
                 else:
                     raise RegistryError(f"{method} {url}: HTTP {status}: "
-                                        f"{stream.read(300)!r}",
+                                        f"{_said(stream.read(300))}",
                                         hint="check the reference and your access to it")
             if hasattr(data, "seek"):
                 data.seek(0)  # type: ignore[union-attr]
@@ -261,8 +292,11 @@ class Registry:
         return f"the credentials from {found.source}" if found else "anonymous access"
 
     def _login_hint(self) -> str:
+        variables = ("REPRO_REGISTRY_USERNAME and REPRO_REGISTRY_PASSWORD" if self.user_named
+                     else "REPRO_REGISTRY_USERNAME and _PASSWORD, which go only to a remote you "
+                          "name yourself: --remote, REPRO_REMOTE or your own config")
         return (f"log in to {self.host} (`docker login {self.host}`, a credHelpers entry in "
-                "the Docker config, or REPRO_REGISTRY_USERNAME and REPRO_REGISTRY_PASSWORD)")
+                f"the Docker config, or {variables})")
 
     def _authorise(self, challenge: str) -> str:
         """The Authorization header a 401's challenge asks for: Basic with the credentials,
@@ -386,16 +420,38 @@ class Registry:
         return sha256(data)
 
     def tags(self, repo: str, page: int = 1000) -> Iterator[str]:
-        """Every tag of a repository, a page at a time (the Link header's next page)."""
+        """Every tag of a repository, a page at a time (the Link header's next page, on
+        this registry, never one seen before).
+
+        Raises:
+            RegistryError: a page is not a tag list, or the pages lead elsewhere.
+        """
         path = f"{repo}/tags/list?n={page}"
+        seen = set()
         while path:
+            seen.add(path)
             status, reply, body = self.request("GET", path, ok=(200, 404), limit=64 << 20)
             if status == 404:
                 return
-            yield from json.loads(body).get("tags") or []
-            link = reply.get("Link", "")
-            found = re.match(r'<([^>]+)>;\s*rel="next"', link)
-            path = f"{self.scheme}://{self.host}{found.group(1)}" if found else ""
+            try:
+                names = json.loads(body).get("tags") or []
+            except (ValueError, AttributeError):
+                names = None
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise RegistryError(f"{self.host}/{repo}: the tag list is not "
+                                    '{"tags": [names]}', hint="the registry is misbehaving")
+            yield from names
+            found = re.match(r'<([^>]+)>;\s*rel="next"', reply.get("Link", ""))
+            link = urllib.parse.urlsplit(found.group(1)) if found else None
+            if link is None:
+                return
+            if link.netloc not in ("", self.host) or not link.path.startswith("/v2/"):
+                raise RegistryError(f"{self.host}: the tag list's next page is elsewhere "
+                                    f"({found.group(1) if found else ''})")
+            path = f"{self.scheme}://{self.host}{link.path}" + (
+                f"?{link.query}" if link.query else "")
+            if path in seen:
+                raise RegistryError(f"{self.host}: the tag list's pages go round in a circle")
 
     def delete_manifest(self, repo: str, digest: str) -> bool:
         """Delete a manifest by digest; False when the registry does not allow deletes."""

@@ -27,6 +27,7 @@ import http.client
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,7 @@ _URL = re.compile(r"(?P<host>[a-z0-9]+(?:[.-][a-z0-9]+)*(?::\d+)?|\[::1\](?::\d+
                   r"/(?P<repo>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
                   r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)")
 CHUNK = 1 << 20
+SLOWEST = 16 << 10  # bytes a second, after the first minute: slower is a stalled download
 
 
 class Untrusted(CheckFailed):
@@ -114,7 +116,7 @@ class Remote:
     def __init__(self, settings: RemoteSettings, store: Store) -> None:
         if settings.url is None:
             raise ValueError("no remote configured")
-        if "@" in settings.url.split("/", 1)[0]:  # user:password@host: never echoed
+        if "@" in settings.url.split("://", 1)[-1].split("/", 1)[0]:  # never echoed
             raise InputError(f"{settings.source}: the remote's url holds credentials "
                              "(USER:PASSWORD@HOST); they are not used, and should not be there",
                              hint="give them through `docker login`, a credential helper, or "
@@ -171,11 +173,12 @@ class Remote:
             return None
         try:
             doc = json.loads(found[0])
-        except ValueError as exc:
-            raise RegistryError(f"{self.url}:{name} is not a JSON manifest: {exc}") from exc
-        if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
-            raise RegistryError(f"{self.url}:{name} is not an OCI image manifest")
-        return doc
+        except (ValueError, RecursionError):
+            doc = None
+        if not _well_formed(doc):
+            raise RegistryError(f"{self.url}:{name} is not an OCI image manifest repro can "
+                                "read", hint="what is under that tag was not pushed by repro")
+        return dict(doc)
 
     def trusted(self, manifest: dict[str, Any], kind: str, identity: str) -> str:
         """Who vouches for a manifest: a trusted key, or "registry" (the user's config trusts
@@ -233,7 +236,7 @@ class Remote:
                 log.warning("%s:%s is signed by %s; an unsigned push does not replace it",
                             self.url, tag(kind, identity), signer)
                 return {"mediaType": MANIFEST, "digest": hashing.sha256_digest(there[0]),
-                        "size": len(there[0])}
+                        "size": len(there[0]), "kept": True}
         digest = self.client.push_manifest(self.repo, tag(kind, identity), body, MANIFEST)
         return {"mediaType": MANIFEST, "digest": digest, "size": len(body)}
 
@@ -281,8 +284,8 @@ class Remote:
         """
         sha, size = str(layer.get("digest", "")), layer.get("size")
         b3 = (layer.get("annotations") or {}).get(BLAKE3)
-        if not re.fullmatch(r"sha256:[0-9a-f]{64}", sha) or not isinstance(size, int) \
-                or (b3 is not None and not hashing.is_digest(b3)):
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", sha) or type(size) is not int \
+                or size < 0 or (b3 is not None and not hashing.is_digest(b3)):
             raise RegistryError(f"{self.url}: a manifest describes a blob badly ({sha!r})")
         blobs = self.store.blobs
         if b3 is not None and blobs.has(b3):
@@ -298,7 +301,11 @@ class Remote:
             with self.client.blob_stream(self.repo, sha) as body, \
                     blobs.writer(sha256=True) as w, \
                     progress(f"Pulling {sha[7:19]}", size, unit="bytes") as advance:
+                start = time.monotonic()
                 while chunk := body.read(CHUNK):
+                    if time.monotonic() - start > 60 + w.size / SLOWEST:
+                        raise RegistryError(f"{self.url}: blob {sha} arrives slower than "
+                                            f"{SLOWEST >> 10} KiB/s; given up, nothing stored")
                     if w.size + len(chunk) > size:
                         raise RegistryError(f"{self.url}: blob {sha} is longer than its "
                                             f"{size} bytes; nothing was stored")
@@ -364,7 +371,8 @@ class Remote:
         run_manifest = {"schemaVersion": 2, "mediaType": MANIFEST, "artifactType": ARTIFACT["run"],
                         "config": EMPTY_DESCRIPTOR, "layers": layers, "annotations": notes}
         subject = self._put_manifest(run_manifest, "run", record.run_key)
-        moved.tags.append(tag("run", record.run_key))
+        if not subject.pop("kept", False):
+            moved.tags.append(tag("run", record.run_key))
         for out, layer in zip(record.outputs, layers[1:], strict=False):
             for name in (out.digest, str(layer["digest"])):
                 self._put_manifest({
@@ -566,13 +574,14 @@ class Remote:
                                            TITLE: f"{pkg.name} {pkg.version}"}})
         env_id = project.lock.env_id
         self._upload(str(EMPTY_DESCRIPTOR["digest"]), 2, EMPTY, moved, "the empty config")
-        self._put_manifest({"schemaVersion": 2, "mediaType": MANIFEST,
-                            "artifactType": ARTIFACT["env"], "config": EMPTY_DESCRIPTOR,
-                            "layers": layers,
-                            "annotations": {KIND: "env", IDENTITY: env_id,
-                                            "dev.repro.recipe": project.recipe.name,
-                                            CREATED: _now()}}, "env", env_id)
-        moved.tags.append(tag("env", env_id))
+        put = self._put_manifest({"schemaVersion": 2, "mediaType": MANIFEST,
+                                  "artifactType": ARTIFACT["env"], "config": EMPTY_DESCRIPTOR,
+                                  "layers": layers,
+                                  "annotations": {KIND: "env", IDENTITY: env_id,
+                                                  "dev.repro.recipe": project.recipe.name,
+                                                  CREATED: _now()}}, "env", env_id)
+        if not put.get("kept"):
+            moved.tags.append(tag("env", env_id))
         return moved
 
     def env_layers(self, env_id: str) -> dict[str, dict[str, Any]]:
@@ -656,16 +665,20 @@ class Remote:
         gone: list[str] = []
         for name in [*kinds["run"], *kinds["env"], *kinds["out"]]:
             found = self.client.manifest_if(self.repo, name)
-            if found is None:
-                continue
-            created = (json.loads(found[0]).get("annotations") or {}).get(CREATED, "")
+            try:
+                doc = json.loads(found[0]) if found else None
+            except (ValueError, RecursionError):
+                doc = None
+            if doc is None or not _well_formed(doc):
+                continue  # not repro's, or damaged: left for whoever wrote it
+            created = (doc.get("annotations") or {}).get(CREATED, "")
             try:
                 when = dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
             except ValueError:
                 continue
             if when >= cutoff:
                 continue
-            if not dry_run and not self.client.delete_manifest(
+            if not dry_run and found and not self.client.delete_manifest(
                     self.repo, hashing.sha256_digest(found[0])):
                 raise RegistryError(f"{self.host} does not allow deletes",
                                     hint="enable them (Distribution: storage.delete.enabled: "
@@ -694,6 +707,21 @@ class _Counting:
         while data := self.stream.read(CHUNK):
             self.advance(len(data))
             yield data
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+
+
+def _well_formed(doc: object) -> bool:
+    """A manifest whose parts have the types repro reads (a registry, or whoever wrote to
+    it, can serve any JSON under a tag)."""
+    if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
+        return False
+    layers = doc.get("layers", [])
+    return (_strings(doc.get("annotations", {})) and isinstance(layers, list)
+            and all(isinstance(x, dict) and _strings(x.get("annotations", {})) for x in layers))
 
 
 def _valid_signer(manifest: dict[str, Any], kind: str, identity: str) -> str | None:

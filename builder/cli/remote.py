@@ -120,7 +120,9 @@ def pull_cmd(recipe: str | None, target: str | None, env: bool, every: bool,
         (pulled if cache.pull_env(env_id, total) else missing).append(env_id)
     result = {"remote": cache.url, "pulled": pulled, "missing": missing, "untrusted": refused,
               **total.to_json()}
-    lines = [_moved_line("pulled", total, cache.url)]
+    lines = [f"pulled {total.blobs} blobs ({total.bytes} bytes) from {cache.url}; "
+             f"{total.skipped} were here already"]
+    lines += [f"pulled {p}" for p in pulled]
     lines += [f"not on the remote: {m}" for m in missing]
     lines += [f"not signed by a trusted key, not pulled: {m}" for m in refused]
     _emit(result, "\n".join(lines))

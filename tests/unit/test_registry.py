@@ -244,3 +244,60 @@ def test_a_retry_after_that_is_not_a_wait_is_ignored(monkeypatch: pytest.MonkeyP
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+class Elsewhere(BaseHTTPRequestHandler):
+    """Redirects blobs where `Elsewhere.to` says; a Link header that leads back to itself;
+    on its other port, asks for credentials and records what it was sent."""
+
+    to = ""
+    sent: ClassVar[list[str | None]] = []
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/elsewhere"):
+            Elsewhere.sent.append(self.headers.get("Authorization"))
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="elsewhere"')
+        elif "/tags/list" in self.path:
+            body = b'{"tags": ["a"]}'
+            self.send_response(200)
+            self.send_header("Link", f'<{self.path}>; rel="next"')
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        else:
+            self.send_response(307)
+            self.send_header("Location", Elsewhere.to)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_redirects_go_to_https_or_loopback_and_credentials_never_follow(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    registry_server, host = _serve(Elsewhere)
+    other_server, other = _serve(Elsewhere)
+    monkeypatch.setenv("REPRO_REGISTRY_USERNAME", "u")
+    monkeypatch.setenv("REPRO_REGISTRY_PASSWORD", "p")
+    digest = "sha256:" + "0" * 64
+    try:
+        client = Registry(host, user_named=True)
+        Elsewhere.to = "ftp://127.0.0.1:1/x"
+        with pytest.raises(RegistryError, match="follows redirects to HTTPS only"):
+            client.blob("team/model", digest)
+        Elsewhere.to = "http://registry.example/x"  # plain HTTP off loopback
+        with pytest.raises(RegistryError, match="follows redirects to HTTPS only"):
+            client.blob("team/model", digest)
+        Elsewhere.to = f"http://{other}/elsewhere"
+        with pytest.raises(RegistryError, match="which asks for credentials"):
+            client.blob("team/model", digest)
+        assert Elsewhere.sent == [None]  # asked once, sent nothing, and not asked again
+        with pytest.raises(RegistryError, match="go round in a circle"):
+            list(client.tags("team/model"))
+    finally:
+        for httpd in (registry_server, other_server):
+            httpd.shutdown()
+            httpd.server_close()

@@ -137,3 +137,15 @@ def test_a_key_file_that_is_not_an_ed25519_key_is_named(tmp_path: Path) -> None:
         signing.load(tmp_path / "k")
     with pytest.raises(InputError, match="cannot read the signing key"):
         signing.load(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("doc", [
+    [], {"schemaVersion": 2, "annotations": []}, {"schemaVersion": 2, "layers": {}},
+    {"schemaVersion": 2, "layers": [{"annotations": {"a": 1}}]}, {"schemaVersion": 1},
+])
+def test_manifests_of_the_wrong_shape_are_not_read(doc: object) -> None:
+    from builder.remote import _well_formed
+
+    assert not _well_formed(doc)
+    assert _well_formed({"schemaVersion": 2, "layers": [{"annotations": {"a": "b"}}],
+                         "annotations": {"k": "v"}})
