@@ -17,6 +17,7 @@ import binascii
 import json
 import logging
 import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import NamedTuple
@@ -24,6 +25,7 @@ from typing import NamedTuple
 from builder.errors import RegistryError
 
 log = logging.getLogger(__name__)
+HELPER_TIMEOUT = 30  # seconds a docker-credential-* helper may take
 
 
 class Credentials(NamedTuple):
@@ -42,22 +44,29 @@ def _docker_config() -> Path:
 
 def _helper(name: str, host: str) -> Credentials | None:
     program = f"docker-credential-{name}"
+    # Not through proc.py: its logs and errors carry a command's output, and this one's is a
+    # secret. A session of its own: a helper that hangs is ended with whatever it started.
     try:
-        done = subprocess.run([program, "get"], input=host, capture_output=True, text=True,
-                              timeout=30, check=False)
+        helper = subprocess.Popen([program, "get"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  start_new_session=True)
     except FileNotFoundError:
         raise RegistryError(f"{_docker_config()} names the credential helper {name!r}, but "
                             f"{program} is not on PATH",
                             hint=f"install {program}, or remove it from the Docker config"
                             ) from None
+    try:
+        out, _ = helper.communicate(host, timeout=HELPER_TIMEOUT)
     except subprocess.TimeoutExpired:
-        raise RegistryError(f"{program} get did not answer within 30 s for {host}",
+        os.killpg(helper.pid, signal.SIGKILL)
+        helper.communicate()
+        raise RegistryError(f"{program} get did not answer within {HELPER_TIMEOUT} s for {host}",
                             hint=f"check {program}, or log in again") from None
-    if done.returncode != 0:  # "credentials not found in native keychain": none for this host
+    if helper.returncode != 0:  # "credentials not found in native keychain": none for this host
         log.debug("%s has no credentials for %s", program, host)
         return None
     try:
-        answer = json.loads(done.stdout)
+        answer = json.loads(out)
         return Credentials(str(answer["Username"]), str(answer["Secret"]), program)
     except (ValueError, KeyError, TypeError):
         raise RegistryError(f"{program} get answered something that is not "

@@ -228,9 +228,16 @@ def run(project: Project, runner: Runner, *, seed: int | None = None,
     try:
         objects = restore_outputs(project, record.outputs)
     except StoreError as exc:  # never served (a damaged blob is quarantined): made again
-        log.warning("%s; training again", exc.message)
-        return run(project, runner, seed=seed, params=params, use_cache=False, place=place,
-                   keep_sandbox=keep_sandbox)
+        again = None
+        if project.remote is not None and source == "local":  # or fetched again, if shared
+            log.warning("%s; asking the remote %s", exc.message, project.remote.url)
+            again = project.remote.answer(p.key)
+        if again is None:
+            log.warning("%s; training again", exc.message)
+            return run(project, runner, seed=seed, params=params, use_cache=False,
+                       place=place, keep_sandbox=keep_sandbox)
+        (digest, record), source = again, "remote"
+        objects = restore_outputs(project, record.outputs)
     return RunResult(digest, record, cached=True, objects=objects, source=source)
 
 

@@ -550,3 +550,27 @@ def test_a_broken_credential_setup_is_a_warning_for_a_run(
     assert "cannot read the Docker config" in r.err
     leaked = repro("run", "--remote", "ci:hunter2@localhost:5000/x", cwd=project)
     assert leaked.code == 2 and "hunter2" not in leaked.err + leaked.out
+
+
+def test_a_damaged_output_in_the_store_is_fetched_again_from_the_remote(
+        project: Path, tmp_path: Path, registry: Registry, key: tuple[Path, str]) -> None:
+    private, public = key
+    a = repro("run", "--push", "--remote", registry.remote, "--sign-key", private, "--json",
+              cwd=project, env=store(tmp_path, "a"))
+    assert a.code == 0, a.err
+    checkout = clone(project, tmp_path / "b")
+    flags = ("--remote", registry.remote, "--trust", public, "--json")
+    b = repro("run", *flags, cwd=checkout, env=store(tmp_path, "b"))
+    assert b.json["source"] == "remote", b.err
+    blob = Path(b.json["outputs"][0]["object"])
+    blob.chmod(0o644)
+    damaged = bytearray(blob.read_bytes())
+    damaged[0] ^= 0xFF
+    blob.write_bytes(bytes(damaged))
+    (checkout / "model.npz").unlink()
+
+    again = repro("run", *flags, cwd=checkout, env=store(tmp_path, "b"))
+    assert again.code == 0, again.err
+    assert "is damaged" in again.err and "asking the remote" in again.err
+    assert again.json["source"] == "remote"  # fetched again, not trained
+    assert (checkout / "model.npz").read_bytes() == (project / "model.npz").read_bytes()

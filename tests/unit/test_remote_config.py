@@ -149,3 +149,21 @@ def test_manifests_of_the_wrong_shape_are_not_read(doc: object) -> None:
     assert not _well_formed(doc)
     assert _well_formed({"schemaVersion": 2, "layers": [{"annotations": {"a": "b"}}],
                          "annotations": {"k": "v"}})
+
+
+def test_a_helper_that_hangs_is_ended_with_what_it_started(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    helper = tmp_path / "bin" / "docker-credential-stuck"
+    helper.parent.mkdir()
+    helper.write_text("#!/bin/sh\nsleep 9876 &\nwait\n")
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{helper.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(credentials, "HELPER_TIMEOUT", 1)
+    (Path(os.environ["DOCKER_CONFIG"]) / "config.json").write_text(
+        json.dumps({"credsStore": "stuck"}))
+    with pytest.raises(RegistryError, match="did not answer within 1 s"):
+        credentials.for_host("a.example")
+    left = subprocess.run(["pgrep", "-f", "sleep 9876"], capture_output=True, check=False)
+    assert left.returncode == 1, left.stdout  # nothing left running
