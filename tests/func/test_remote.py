@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import ROOT
 from tests.func.bases import start_registry
 from tests.func.faultproxy import FaultProxy
-from tests.func.helpers import complete_envs, repro
+from tests.func.helpers import Result, complete_envs, repro
 
 pytestmark = pytest.mark.skipif(shutil.which("docker-registry") is None,
                                 reason="docker-registry (Debian package) is installed by .ci/run")
@@ -119,12 +119,18 @@ def store(tmp_path: Path, name: str) -> dict[str, str]:
     return {"REPRO_HOME": str(tmp_path / name)}
 
 
-def test_a_run_pushed_from_one_store_answers_in_another_without_training(
-        project: Path, tmp_path: Path, registry: Registry, key: tuple[Path, str]) -> None:
-    private, public = key
+def pushed_run(project: Path, tmp_path: Path, registry: Registry, private: Path) -> Result:
+    """The project trained in store `a` and pushed, signed with `private`."""
     a = repro("run", "--push", "--remote", registry.remote, "--sign-key", private, "--json",
               cwd=project, env=store(tmp_path, "a"))
     assert a.code == 0, a.err
+    return a
+
+
+def test_a_run_pushed_from_one_store_answers_in_another_without_training(
+        project: Path, tmp_path: Path, registry: Registry, key: tuple[Path, str]) -> None:
+    private, public = key
+    a = pushed_run(project, tmp_path, registry, private)
     assert a.json["source"] == "trained"
     assert a.json["pushed"]["blobs"] >= 6  # record, model, data, recipe, two lock files, code
     run_hex = a.json["run_key"].removeprefix("blake3:")
@@ -298,9 +304,7 @@ def test_unsigned_runs_are_served_only_where_the_user_trusts_the_registry(
 def test_a_blob_swapped_on_the_registry_disk_is_never_served(
         project: Path, tmp_path: Path, registry: Registry, key: tuple[Path, str]) -> None:
     private, public = key
-    a = repro("run", "--push", "--remote", registry.remote, "--sign-key", private, "--json",
-              cwd=project, env=store(tmp_path, "a"))
-    assert a.code == 0, a.err
+    a = pushed_run(project, tmp_path, registry, private)
     manifest = registry.manifest("run-" + a.json["run_key"].removeprefix("blake3:"))
     model = next(x for x in manifest["layers"] if x["annotations"]["dev.repro.role"] == "output")
     on_disk = registry.blob_file(model["digest"])
@@ -528,9 +532,7 @@ def test_which_run_made_a_file_by_its_sha256(
     import hashlib
 
     private, public = key
-    a = repro("run", "--push", "--remote", registry.remote, "--sign-key", private, "--json",
-              cwd=project, env=store(tmp_path, "a"))
-    assert a.code == 0, a.err
+    a = pushed_run(project, tmp_path, registry, private)
     sha = "sha256:" + hashlib.sha256((project / "model.npz").read_bytes()).hexdigest()
     found = repro("lookup", sha, "--remote", registry.remote, "--trust", public, "--json",
                   cwd=tmp_path, env=store(tmp_path, "b"))
@@ -555,9 +557,7 @@ def test_a_broken_credential_setup_is_a_warning_for_a_run(
 def test_a_damaged_output_in_the_store_is_fetched_again_from_the_remote(
         project: Path, tmp_path: Path, registry: Registry, key: tuple[Path, str]) -> None:
     private, public = key
-    a = repro("run", "--push", "--remote", registry.remote, "--sign-key", private, "--json",
-              cwd=project, env=store(tmp_path, "a"))
-    assert a.code == 0, a.err
+    pushed_run(project, tmp_path, registry, private)
     checkout = clone(project, tmp_path / "b")
     flags = ("--remote", registry.remote, "--trust", public, "--json")
     b = repro("run", *flags, cwd=checkout, env=store(tmp_path, "b"))
