@@ -158,7 +158,6 @@ class Registry:
         self.scheme = "http" if _LOOPBACK.match(host) else "https"
         self.timeout = timeout
         self.authorization: str | None = None
-        self.requests = 0  # HTTP exchanges so far (what a remote costs)
         self.answered_from = host  # the host that answered the last exchange (redirects)
 
     def _url(self, path: str) -> str:
@@ -175,7 +174,6 @@ class Registry:
         request = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310
         if self.authorization and urllib.parse.urlsplit(url).netloc == self.host:
             request.add_header("Authorization", self.authorization)
-        self.requests += 1
         self.answered_from = self.host
         try:
             response = _OPENER.open(request, timeout=self.timeout)
@@ -279,16 +277,14 @@ class Registry:
         return self.retrying(f"{method} {path_or_url}", attempt)
 
     @functools.cached_property
-    def _found(self) -> Credentials | None:
+    def _credentials(self) -> Credentials | None:
+        """Looked up once, when the registry first asks (a helper may be slow)."""
         from builder import credentials  # noqa: PLC0415
 
         return credentials.for_host(self.host, variables=self.user_named)
 
-    def _credentials(self) -> Credentials | None:
-        return self._found
-
     def _who(self) -> str:
-        found = self._credentials()
+        found = self._credentials
         return f"the credentials from {found.source}" if found else "anonymous access"
 
     def _login_hint(self) -> str:
@@ -301,7 +297,7 @@ class Registry:
     def _authorise(self, challenge: str) -> str:
         """The Authorization header a 401's challenge asks for: Basic with the credentials,
         or a Bearer token from the realm (with the credentials, when there are any)."""
-        found = self._credentials()
+        found = self._credentials
         scheme = challenge.split(" ", 1)[0].lower()
         if scheme == "basic":
             if found is None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
-import gzip
 import hashlib
 import http.client
 import json
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from builder import hashing, signing
-from builder.config import RemoteSettings
+from builder.config import RemoteSettings, user_config
 from builder.errors import CheckFailed, InputError, RegistryError, StoreError
 from builder.registry import MAX_DOCUMENT, Registry
 from builder.store import Store
@@ -104,6 +103,12 @@ class Moved:
     bytes: int = 0
     skipped: int = 0
     tags: list[str] = field(default_factory=list)
+
+    def add(self, other: Moved) -> None:
+        self.blobs += other.blobs
+        self.bytes += other.bytes
+        self.skipped += other.skipped
+        self.tags += other.tags
 
     def to_json(self) -> dict[str, Any]:
         return {"blobs": self.blobs, "bytes": self.bytes, "skipped": self.skipped,
@@ -196,7 +201,7 @@ class Remote:
                             f"{notes.get(KIND, 'thing')} ({notes.get(IDENTITY)}): not used")
         signer, signature = notes.get(SIGNER), notes.get(SIGNATURE)
         hint = ("trust its signer with --trust KEY, REPRO_TRUSTED_KEYS, or trusted-keys in "
-                f"[remote] of your config ({_user_config()})")
+                f"[remote] of your config ({user_config()})")
         if signer and signature:
             if _valid_signer(manifest, kind, identity) is None:
                 raise Untrusted(f"{what} carries a signature that does not verify: it was "
@@ -211,7 +216,7 @@ class Remote:
                             hint=hint)
         raise Untrusted(f"{what} is not signed: not used",
                         hint="push with --sign-key FILE, or mark the remote trust = "
-                             f'"registry" in your own config ({_user_config()})')
+                             f'"registry" in your own config ({user_config()})')
 
     def _put_manifest(self, manifest: dict[str, Any], kind: str,
                       identity: str) -> dict[str, Any]:
@@ -619,9 +624,16 @@ class Remote:
         described = self.env_layers(env_id).get(key)
         if described is None:
             return None
+        from builder.image import base  # noqa: PLC0415
+
         blob = self.fetch(described, moved if moved is not None else Moved())
         diff_id = described["annotations"].get("dev.repro.diff-id")
-        if _diff_id(self.store, blob) != diff_id:
+        try:
+            unpacked = base.diff_id(self.store, blob, str(described["digest"]),
+                                    base.max_layer_bytes())
+        except base.BaseImageError as exc:  # not gzip, or a bomb: never used
+            unpacked = exc.message
+        if unpacked != diff_id:
             self.store.blobs.quarantine(blob, "its uncompressed digest is not the diff_id "
                                               "the remote's manifest names")
             raise RegistryError(f"{self.url}: a layer of env {env_id} is not the tar its "
@@ -743,16 +755,6 @@ def _sha_of(manifest: dict[str, Any], b3: str) -> str | None:
                 None)
 
 
-def _diff_id(store: Store, blob: str) -> str:
-    """The sha256 of a gzip layer's uncompressed tar, read from the store (checked)."""
-    sha = hashlib.sha256()
-    with store.blobs.reader(blob) as reader, \
-            gzip.GzipFile(fileobj=reader) as tar:  # type: ignore[call-overload]
-        while chunk := tar.read(CHUNK):
-            sha.update(chunk)
-    return "sha256:" + sha.hexdigest()
-
-
 def _same_inputs(project: Project, record: RunRecord) -> bool:
     """Whether the project here still has the recipe, lock, code and data the run had."""
     try:
@@ -767,9 +769,3 @@ def _same_inputs(project: Project, record: RunRecord) -> bool:
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _user_config() -> Path:
-    from builder.config import user_config  # noqa: PLC0415
-
-    return user_config()

@@ -64,7 +64,7 @@ class RunResult:
     def to_json(self) -> dict[str, Any]:
         r = self.record
         return {"run_key": r.run_key, "record": self.record_digest, "cached": self.cached,
-                "source": "trained" if not self.cached else self.source,
+                "source": self.source,
                 "recipe": r.recipe.name, "env": r.env, "seed": r.seed,
                 "params": r.params, "metrics": r.metrics, "duration": r.duration,
                 "outputs": [{**o.to_json(), "object": self.objects.get(o.path)}
@@ -426,7 +426,7 @@ def _execute(p: Plan, runner: Runner, *, place: bool, keep: bool) -> RunResult:
                 placeable(project.root, rel)
             for rel, source in placed:
                 put(project.root, rel, from_file(source))
-    return RunResult(digest, record, cached=False, objects=objects,
+    return RunResult(digest, record, cached=False, objects=objects, source="trained",
                      sandbox=box.root if keep else None)
 
 

@@ -67,17 +67,10 @@ def push_cmd(recipe: str | None, target: str | None, env: bool, every: bool, no_
     for digest in targets:
         record = store.records.get(digest)
         moved = cache.push_run(digest, record, project, data=not no_data)
-        _add(total, moved)
+        total.add(moved)
     if env or every:
-        _add(total, cache.push_env(project))
+        total.add(cache.push_env(project))
     _emit({"remote": cache.url, **total.to_json()}, _moved_line("pushed", total, cache.url))
-
-
-def _add(total: Any, moved: Any) -> None:
-    total.blobs += moved.blobs
-    total.bytes += moved.bytes
-    total.skipped += moved.skipped
-    total.tags += moved.tags
 
 
 @cli.command("pull")

@@ -68,7 +68,7 @@ def run_cmd(recipe: str | None, machine: Any, offline: bool, locked: bool, froze
     if cache is not None and (push or cache.settings.push) and result.source != "remote":
         shared = cache.safely("the run was not pushed", lambda: cache.push_run(
             result.record_digest, r, project, data=not no_data), None)
-    lines = [f"{result.source if result.cached else 'trained'}: run key {r.run_key}",
+    lines = [f"{result.source}: run key {r.run_key}",
              f"  record   {result.record_digest}",
              f"  seed {r.seed}, params {json.dumps(r.params, sort_keys=True)}, "
              f"{r.duration:.2f}s" + (" (when it was trained)" if result.cached else "")]

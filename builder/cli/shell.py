@@ -129,11 +129,8 @@ def _remote_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, remote_url: str | None, require_remote: bool,
                 trust: tuple[str, ...], sign_key: str | None, **kwargs: Any) -> Any:
-        from builder.config import RemoteSettings  # noqa: PLC0415
-
-        settings = RemoteSettings(remote_url, "--remote", trusted=trust,
-                                  require=require_remote, sign_key=None)
-        kwargs["remote"] = (settings, sign_key)
+        kwargs["remote"] = {"flag": remote_url, "trust": trust, "require": require_remote,
+                            "sign_key": sign_key}  # config.settings' arguments
         return fn(*args, **kwargs)
 
     return wrapper
@@ -144,9 +141,7 @@ def _with_remote(project: Project | None, flags: Any, store: Store | None = None
     from builder import config  # noqa: PLC0415
     from builder.remote import Remote  # noqa: PLC0415
 
-    given, sign_key = flags
-    settings = config.settings(project.root if project else _here(), flag=given.url,
-                               trust=given.trusted, require=given.require, sign_key=sign_key)
+    settings = config.settings(project.root if project else _here(), **flags)
     remote = Remote.of(settings, store or (project.store if project else _store()))
     if settings.require and remote is None:
         raise click.UsageError("--require-remote needs a remote: --remote HOST/PATH, "

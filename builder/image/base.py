@@ -179,12 +179,30 @@ class _Bounded:
         data = self.source.read(n if n >= 0 else CHUNK)
         self.size += len(data)
         if self.size > self.limit:
-            raise BaseImageError(f"the base layer {self.digest} decompresses past "
+            raise BaseImageError(f"the layer {self.digest} decompresses past "
                                  f"{self.limit} bytes (REPRO_MAX_LAYER_BYTES)",
                                  hint="a base layer that large is likely a decompression bomb; "
                                       "raise REPRO_MAX_LAYER_BYTES if it is not")
         self.sha.update(data)
         return data
+
+
+def diff_id(store: Store, blob: str, digest: str, limit: int) -> str:
+    """The sha256 of a stored gzip layer's uncompressed bytes (its diff_id), decompressed as
+    a stream and never past `limit` bytes.
+
+    Raises:
+        BaseImageError: it is not gzip, or decompresses past the limit.
+    """
+    with store.blobs.reader(blob) as compressed, \
+            gzip.GzipFile(fileobj=compressed, mode="rb") as gz:  # type: ignore[call-overload]
+        stream = _Bounded(gz, limit, digest)
+        try:
+            while stream.read(CHUNK):
+                pass
+        except (OSError, EOFError, zlib_error()) as exc:
+            raise BaseImageError(f"the layer {digest} is not gzip: {exc}") from exc
+    return "sha256:" + stream.sha.hexdigest()
 
 
 def _scan(store: Store, layer: Layer, limit: int) -> list[str]:

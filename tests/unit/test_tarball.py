@@ -7,6 +7,8 @@ import os
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from builder.image import tarball
 from tests.conftest import gen
 
@@ -51,3 +53,22 @@ def test_the_gzip_header_has_no_name_and_no_time() -> None:
     blob = tarball.gzip_bytes(b"layer")
     assert blob[3] == 0  # no FNAME flag
     assert blob[4:8] == b"\x00\x00\x00\x00"  # MTIME
+
+
+def test_a_layers_diff_id_is_bounded_and_what_is_not_gzip_is_refused(tmp_path: Path) -> None:
+    import gzip
+    import hashlib
+
+    from builder.image import base
+    from builder.store import Store
+
+    store = Store.open(tmp_path / "store")
+    plain = store.blobs.put(b"not gzip at all")
+    with pytest.raises(base.BaseImageError, match="is not gzip"):
+        base.diff_id(store, plain, "sha256:plain", 1 << 20)
+    bomb = store.blobs.put(gzip.compress(b"\0" * (2 << 20), mtime=0))
+    with pytest.raises(base.BaseImageError, match="decompresses past 1048576 bytes"):
+        base.diff_id(store, bomb, "sha256:bomb", 1 << 20)
+    good = store.blobs.put(gzip.compress(b"a tar", mtime=0))
+    assert base.diff_id(store, good, "sha256:good", 1 << 20) == \
+        "sha256:" + hashlib.sha256(b"a tar").hexdigest()
