@@ -71,7 +71,7 @@ class ImageRunner:
                             hint=exc.hint or "buildah could not run the image") from exc
 
     def execute(self, job: Job) -> tuple[int, str]:
-        from builder.sandbox import BASE_ENV, data_binds  # noqa: PLC0415
+        from builder.sandbox import BASE_ENV  # noqa: PLC0415
 
         box, recipe = job.box, self.project.recipe
         work = PurePosixPath(recipe.image.workdir)
@@ -85,15 +85,19 @@ class ImageRunner:
         # without following any symlink the image holds.
         mounts = [f"{box.work}:{work}:rw", f"{job.runtime}:{_RUNTIME}:ro",
                   f"{box.repro / 'params.json'}:{_PARAMS}:ro"]
-        mounts += [f"{host}:{work / rel}:ro" for host, rel in data_binds(self.project)]
+        mounts += [f"{host}:{work / rel}:ro" for host, rel in box.data]
         argv = job.argv
         python = self.image.python
         if argv and argv[0] in ("python", "python3") and python:
             argv = [python, *argv[1:]]
         runroot = Path(tempfile.mkdtemp(prefix="repro-bh-"))  # kept short: storage limits it
         try:
+            # buildah names the image after the layout's path, and refuses capitals in a
+            # name: a store under /home/Alice is reached through a lower-case link
+            layout = runroot / "layout"
+            layout.symlink_to(self.image.layout)
             ctr = self._buildah(runroot, "from", "--quiet", "--isolation", "chroot",
-                                f"oci:{self.image.layout}:{self.image.tag}")
+                                f"oci:{layout}:{self.image.tag}")
             try:
                 cmd = ["buildah", "--root", str(self.project.store.buildah), "--runroot",
                        str(runroot), "--storage-driver", "vfs", "run", "--isolation", "chroot",
