@@ -264,8 +264,8 @@ def verify(store: Store, *, repair: bool = False) -> dict[str, Any]:
 
 # -- gc -------------------------------------------------------------------------------------
 def _reachable(store: Store, keep: set[str], gone: set[str], dry_run: bool) -> set[str]:
-    """Blobs something still needs: records and their outputs and pylocks, env manifests'
-    pylocks, the layers and base blobs gc keeps, committed baselines' outputs.
+    """Blobs something still needs: records and their outputs, data and pylocks, env
+    manifests' pylocks, the layers and base blobs gc keeps, committed baselines' outputs.
     `gone`: paths removed (or, dry, to be removed) already, which reach nothing."""
     reached = set(keep)
     for _, digest in store.records.indexed():
@@ -273,6 +273,7 @@ def _reachable(store: Store, keep: set[str], gone: set[str], dry_run: bool) -> s
         with contextlib.suppress(StoreError):
             record = store.records.get(digest, quarantine=not dry_run)
             reached |= {o.digest for o in record.outputs}
+            reached |= {d.digest for d in record.data.values()}  # fetched or pulled data
             reached.add(record.software.pylock)
     for env_id in store.envs.ids():
         if str(store.envs.path(env_id)) not in gone:

@@ -7,10 +7,13 @@
     │   ├── LockfileError           a lock file that cannot be read
     │   └── ResolutionError         no packages satisfy the dependencies (resolver's words)
     ├── CheckFailed                 exit 1: a check ran and said no (stale lock, tampering)
+    │   └── NothingMatches          nothing recorded (here or on the remote) matches a target
     ├── ToolError                   exit 3: an external command failed
     ├── BuildError                  exit 3: a build step failed (nothing was stored)
     ├── RunFailed                   exit 3: the training command failed (its record says how)
     ├── RegistryError               exit 3: a registry is unreachable, refuses, or serves bad bytes
+    ├── FetchError                  exit 3: a data input's URL failed, or served other bytes
+    ├── MissingPart                 exit 3: what re-making a run needs is not to be had
     └── StoreError                  exit 3: the store is missing or holds a damaged entry
 
 `Terminated` (a BaseException, like KeyboardInterrupt) means repro got SIGTERM or SIGHUP: the
@@ -155,6 +158,19 @@ class RunFailed(ReproError):
 
 class RegistryError(ReproError):
     """A registry could not be reached, refused us, or served bytes that fail their digest."""
+
+
+class FetchError(ReproError):
+    """A `[data]` input named by URL could not be fetched, or its bytes were not the declared
+    digest (nothing was stored)."""
+
+
+class NothingMatches(CheckFailed):
+    """Nothing recorded, in the store or on the remote, matches what was asked for."""
+
+
+class MissingPart(ReproError):
+    """A run cannot be re-made: its code snapshot, a data input or a blob is not to be had."""
 
 
 class StoreError(ReproError):

@@ -11,11 +11,14 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from builder import hashing, proc
 from builder.errors import InputError
 from builder.recipe import Recipe
+
+if TYPE_CHECKING:
+    from builder.store import Store
 
 log = logging.getLogger(__name__)
 # Never code: version control, environments, caches, and repro's own files.
@@ -151,6 +154,12 @@ def _matches(rel: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(rel, p) for p in patterns)
 
 
+def selects(recipe: Recipe, rel: str) -> bool:
+    """Whether `[code]` makes the file at `rel` code (if it is tracked)."""
+    return _matches(rel, recipe.code.include) \
+        and not _matches(rel, recipe.code.exclude + _ALWAYS_EXCLUDED)
+
+
 def _tracked(root: Path) -> tuple[list[str], list[str]] | None:
     """Files under root (relative) that git tracks, and those it neither tracks nor
     ignores; None outside a git work tree. One `git ls-files` call."""
@@ -201,9 +210,7 @@ def code_state(recipe: Recipe, cache: StatCache, store: Path | None = None) -> C
     else:
         candidates = [rel for rel in hashing.walk_files(root, _PRUNED)
                       if rel not in made and not any(rel.startswith(f"{s}/") for s in stores)]
-    files = [rel for rel in candidates
-             if _matches(rel, recipe.code.include)
-             and not _matches(rel, recipe.code.exclude + _ALWAYS_EXCLUDED)
+    files = [rel for rel in candidates if selects(recipe, rel)
              and ((root / rel).is_file() or (root / rel).is_symlink())]
     if tracked is None and cache.first_time(f"not-git {root} {hashing.digest_json(files)}"):
         shown = ", ".join(files[:8]) + (f", … ({len(files)} in all)" if len(files) > 8 else "")
@@ -218,8 +225,7 @@ def code_state(recipe: Recipe, cache: StatCache, store: Path | None = None) -> C
 
 def _untracked_code(recipe: Recipe, cache: StatCache, untracked: list[str]) -> None:
     """Warn (once per set) of files [code] include names that git does not track."""
-    matching = [rel for rel in untracked if _matches(rel, recipe.code.include)
-                and not _matches(rel, recipe.code.exclude + _ALWAYS_EXCLUDED)]
+    matching = [rel for rel in untracked if selects(recipe, rel)]
     if matching and cache.first_time(f"untracked {recipe.root} "
                                      f"{hashing.digest_json(matching)}"):
         shown = ", ".join(matching[:8]) + (", …" if len(matching) > 8 else "")
@@ -257,14 +263,25 @@ def _contained(recipe: Recipe, name: str, root: Path, files: list[str]) -> None:
                              "folder (a pipe, socket or device)", hint="remove it from the input")
 
 
-def data_digests(recipe: Recipe, cache: StatCache) -> dict[str, str]:
-    """The digest of each `[data]` input: a file's contents, or a directory's Merkle digest.
+def data_digests(recipe: Recipe, cache: StatCache, store: Store | None = None) -> dict[str, str]:
+    """The digest of each `[data]` input: a file's contents, or a directory's Merkle digest;
+    for an input named by URL, its content digest (builder/download.py: the declared BLAKE3,
+    or the stored copy's, fetched first when the store has none).
 
     Raises:
-        InputError: an input does not exist.
+        InputError: an input does not exist (or a URL input is read without a store).
+        FetchError: a URL input could not be fetched.
     """
     out = {}
     for entry in recipe.data:
+        if entry.url:
+            if store is None:
+                raise InputError(f"{recipe.path}: data.{entry.name} is fetched from a URL, "
+                                 "which needs a store to keep it")
+            from builder import download  # noqa: PLC0415
+
+            out[entry.name] = download.identity(store, recipe, entry)
+            continue
         try:
             path = (recipe.root / entry.path).resolve()
         except (OSError, RuntimeError) as exc:

@@ -118,11 +118,13 @@ class Project:
 
         Raises:
             InputError: an input does not exist.
+            FetchError: an input named by URL and sha256 could not be fetched (one named by
+                BLAKE3 is not fetched until a run reads it).
         """
         from builder import inputs  # noqa: PLC0415
 
         with inputs.stat_cache(self.store.stat_cache) as cache:
-            return inputs.data_digests(self.recipe, cache)
+            return inputs.data_digests(self.recipe, cache, self.store)
 
     def digest_inputs(self) -> None:
         """Compute the code state and the data digests together, in one stat-cache session
@@ -135,7 +137,7 @@ class Project:
             if "code" not in self.__dict__:
                 self.__dict__["code"] = inputs.code_state(self.recipe, cache, self.store.root)
             if "data" not in self.__dict__:
-                self.__dict__["data"] = inputs.data_digests(self.recipe, cache)
+                self.__dict__["data"] = inputs.data_digests(self.recipe, cache, self.store)
 
     @functools.cached_property
     def hardware(self) -> dict[str, Any]:

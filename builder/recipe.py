@@ -88,9 +88,18 @@ class Code:
 
 @dataclass(frozen=True)
 class DataInput:
+    """A named input: a file or folder in the project (`path`), or a file fetched from `url`
+    and checked against `digest` (placed at `path` for the run)."""
+
     name: str
     path: str
     description: str = ""
+    url: str = ""  # where a fetched input comes from: never part of an identity
+    digest: str = ""  # what it must be: blake3:<hex> or sha256:<hex> (URL inputs only)
+
+    def identity(self) -> dict[str, str]:
+        """What the recipe digest covers: the path, and for a URL input its digest."""
+        return {"path": self.path, **({"digest": self.digest} if self.url else {})}
 
 
 @dataclass(frozen=True)
@@ -180,7 +189,7 @@ class Recipe:
                 "mtime": self.image.mtime,
             },
             "code": {"include": list(self.code.include), "exclude": list(self.code.exclude)},
-            "data": {d.name: {"path": d.path} for d in self.data},
+            "data": {d.name: d.identity() for d in self.data},
             "train": None
             if train is None
             else {

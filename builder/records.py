@@ -92,6 +92,14 @@ class CodeFacts(NamedTuple):
 class DataFacts(NamedTuple):
     path: str
     digest: str
+    url: str | None = None  # where a fetched input came from (so a run pushed without its
+    #                         data can fetch it again)
+
+    def to_json(self) -> dict[str, Any]:
+        out = plain(self)
+        if self.url is None:
+            del out["url"]
+        return out
 
 
 class Software(NamedTuple):
@@ -160,7 +168,7 @@ class RunRecord:
             **plain(self),
             "recipe": plain(self.recipe),
             "code": plain(self.code),
-            "data": {k: plain(v) for k, v in self.data.items()},
+            "data": {k: v.to_json() for k, v in self.data.items()},
             "command": list(self.command),
             "pass_env": list(self.pass_env),
             "software": self.software.to_json(),

@@ -2,7 +2,7 @@
 
     tag                      manifest (artifactType)           layers
     run-<run key hex>        application/vnd.repro.run.v1      record, outputs, data, recipe,
-                                                               lock, code snapshot
+                                                               lock, baseline, code snapshot
     env-<env id hex>         application/vnd.repro.env.v1      the env's package layers
     out-<BLAKE3 hex>         application/vnd.repro.output.v1   none: `subject` is the run
     out-sha256-<hex>         (the same, by the output's sha256)
@@ -62,6 +62,7 @@ MEDIA = {
     "pylock": "application/vnd.repro.pylock+toml",
     "lock": "application/vnd.repro.lock+toml",
     "code": "application/vnd.repro.code.v1.tar+gzip",
+    "baseline": "application/vnd.repro.baseline.v2+json",
     "layer": "application/vnd.oci.image.layer.v1.tar+gzip",
 }
 # annotations
@@ -392,7 +393,9 @@ class Remote:
 
     def _project_layers(self, project: Project, record: RunRecord, moved: Moved, *,
                         data: bool) -> list[dict[str, Any]]:
-        """The recipe, the lock, a code snapshot and (with `data`) the data inputs."""
+        """The recipe, the lock, the baseline (when committed), a code snapshot and (with
+        `data`) the data inputs (a URL input's stored copy, if the store has one)."""
+        from builder import baseline as baselines  # noqa: PLC0415
         from builder import lock  # noqa: PLC0415
         from builder.image.build import code_layer  # noqa: PLC0415
 
@@ -408,6 +411,11 @@ class Remote:
                               moved, "the lock", **{ROLE: "lock",
                                                     TITLE: str(rel / lock.REPRO_LOCK)}),
         ]
+        base = recipe.lock_dir / baselines.FILE  # what statistical reproductions compare with
+        if base.is_file():
+            layers.append(self._bytes_layer(base.read_bytes(), MEDIA["baseline"], moved,
+                                            "the baseline", **{ROLE: "baseline",
+                                                               TITLE: str(rel / baselines.FILE)}))
         with self.store.scratch() as tmp:
             snapshot = code_layer(project, tmp, at="")
         assert snapshot.blob is not None  # noqa: S101  (write_layer stores it)
@@ -419,7 +427,12 @@ class Remote:
             path = recipe.root / facts.path
             notes = {ROLE: "data", TITLE: facts.path, "dev.repro.data": name,
                      "dev.repro.data-digest": facts.digest}
-            if path.is_file():
+            if facts.url:  # the store's copy, if it has one; else it is fetched again
+                if self.store.blobs.has(facts.digest):
+                    layers.append(self._blob_layer(facts.digest, MEDIA["data"], moved,
+                                                   f"data {name}", **notes,
+                                                   **{"dev.repro.data-url": facts.url}))
+            elif path.is_file():
                 layers.append(self._file_layer(path, facts.digest, moved, notes))
             else:
                 from builder.image import tarball  # noqa: PLC0415

@@ -53,8 +53,14 @@ def text(report: Verification) -> str:
               for n in report.nondeterminism]
     lines += [f"note: {note}" for note in report.notes]
     lines.append(f"time to reproduce {report.duration:.2f}s (baseline "
-                 f"{report.baseline_duration:.2f}s)")
+                 f"{report.baseline_duration:.2f}s)" + (f"; {phases(report)}"
+                                                         if report.timings else ""))
     return "\n".join(lines)
+
+
+def phases(report: Verification) -> str:
+    """Wall time by phase: `fetch 0.52s, environment 3.10s, training 1.02s, …`."""
+    return ", ".join(f"{k} {v:.2f}s" for k, v in report.timings.items())
 
 
 def markdown(report: Verification, history: Sequence[Verification]) -> str:
@@ -82,7 +88,8 @@ def markdown(report: Verification, history: Sequence[Verification]) -> str:
     if report.notes:
         out += ["", "## Not covered by any identity", "", *(f"- {n}" for n in report.notes)]
     out += ["", "## Time to reproduce", "",
-            f"{report.duration:.2f}s, baseline {report.baseline_duration:.2f}s", ""]
+            f"{report.duration:.2f}s, baseline {report.baseline_duration:.2f}s"
+            + (f" (wall time: {phases(report)})" if report.timings else ""), ""]
     if history:
         durations = [h.duration for h in history]
         out += [f"History ({len(history)} verifications, oldest first): "

@@ -370,7 +370,8 @@ def _execute(p: Plan, runner: Runner, *, place: bool, keep: bool) -> RunResult:
             env=p.env_id,
             code=CodeFacts(code_state.digest, code_state.files, code_state.commit,
                            code_state.dirty),
-            data={d.name: DataFacts(d.path, project.data[d.name]) for d in recipe.data},
+            data={d.name: DataFacts(d.path, project.data[d.name], d.url or None)
+                  for d in recipe.data},
             command=tuple(argv),
             params=p.params,
             seed=p.seed,

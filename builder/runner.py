@@ -157,7 +157,6 @@ class VenvRunner:
 
     def execute(self, job: Job) -> tuple[int, str]:
         from builder import env  # noqa: PLC0415
-        from builder.sandbox import data_binds  # noqa: PLC0415
 
         box, venv = job.box, self.built.path
         variables = {**box.environment([venv / "bin"]), "VIRTUAL_ENV": str(venv),
@@ -166,7 +165,7 @@ class VenvRunner:
         if job.metrics is not None:
             variables["REPRO_METRICS_FILE"] = str(box.inside(job.metrics))
         needed = [venv, job.runtime, *env.interpreter_prefix(venv)]
-        argv = box.wrap(job.argv, read_only=needed, data=data_binds(self.project))
+        argv = box.wrap(job.argv, read_only=needed, data=box.data)
         return proc.supervised(argv, env=variables,
                                cwd=box.root if box.level == "bwrap" else box.work)
 

@@ -27,7 +27,7 @@ import shutil
 import stat
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
@@ -172,6 +172,7 @@ class Sandbox:
     cwd: Path  # the command's working directory as it sees it
     project: Path
     store: Path
+    data: list[tuple[Path, str]] = field(default_factory=list)  # (host path, as declared)
 
     @property
     def home(self) -> Path:
@@ -245,17 +246,20 @@ def sandbox(project: Project, *, keep: bool = False,
     recipe = project.recipe
     level = level_for(recipe)
     network = bool(recipe.train and recipe.train.network)
+    data = data_binds(project)
     with project.store.sandboxes.create(keep=keep) as root:
         for name in ("home", "tmp", "repro"):
             (root / name).mkdir()
         store = project.store.root
         if level == "off":
-            box = Sandbox(level, True, root, project.root, project.root, project.root, store)
+            box = Sandbox(level, True, root, project.root, project.root, project.root, store,
+                          data)
+            _place_fetched(project, data)
         else:
             work = root.joinpath(*["up"] * _depth(recipe), "work")
             work.mkdir(parents=True)
             box = Sandbox(level, network, root, work,
-                          project.root if level == "bwrap" else work, project.root, store)
+                          project.root if level == "bwrap" else work, project.root, store, data)
             _fill(box, project, extra)
         if keep:
             log.info("Sandbox kept at %s", root)
@@ -273,11 +277,10 @@ def _fill(box: Sandbox, project: Project, extra: Sequence[tuple[Path, str]]) -> 
             dest.symlink_to(os.readlink(src))  # as the code digest counts it: its target text
         else:
             copy_file(src, dest)
-    for d in project.recipe.data:
-        if Path(d.path).is_absolute():
+    for host, rel in box.data:
+        if Path(rel).is_absolute():
             continue
-        dest = Path(os.path.normpath(box.work / d.path))
-        host = (root / d.path).resolve()
+        dest = Path(os.path.normpath(box.work / rel))
         dest.parent.mkdir(parents=True, exist_ok=True)
         if dest.is_symlink() or dest.is_file():
             dest.unlink()  # also counted as code (include = ["**"]): the data is what it reads
@@ -297,8 +300,38 @@ def _fill(box: Sandbox, project: Project, extra: Sequence[tuple[Path, str]]) -> 
 
 def data_binds(project: Project) -> list[tuple[Path, str]]:
     """(host path, path as the recipe writes it) of each data input: relative to the
-    project, or absolute (bound at its own path, over a private /tmp or the project)."""
-    return [((project.root / d.path).resolve(), d.path) for d in project.recipe.data]
+    project, or absolute (bound at its own path, over a private /tmp or the project). An
+    input named by URL is the store's checked copy, fetched first when missing.
+
+    Raises:
+        FetchError: a URL input could not be fetched.
+    """
+    from builder import download  # noqa: PLC0415
+
+    return [(download.local_path(project.store, project.recipe, d) if d.url
+             else (project.root / d.path).resolve(), d.path) for d in project.recipe.data]
+
+
+def _place_fetched(project: Project, data: list[tuple[Path, str]]) -> None:
+    """Without a sandbox the command reads the project folder: put each URL input's stored
+    copy at its path there, unless it is already (never over a file with other bytes).
+
+    Raises:
+        InputError: another file is at an input's path.
+    """
+    from builder import hashing  # noqa: PLC0415
+
+    for entry, (host, rel) in zip(project.recipe.data, data, strict=True):
+        if not entry.url:
+            continue
+        target = project.root / rel
+        if target.is_file() and not target.is_symlink():
+            if hashing.file_digest(target) == project.data[entry.name]:
+                continue
+            raise InputError(f"{project.recipe.path}: data.{entry.name} is fetched to {rel}, "
+                             f"but {target} holds other bytes; repro does not overwrite it",
+                             hint="move that file away, or give the input another path")
+        place(project.root, rel, from_file(host))
 
 
 def read_output(box: Sandbox, rel: str) -> Path:

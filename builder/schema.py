@@ -42,6 +42,7 @@ _ACCELERATOR = re.compile(r"^(cpu|cuda(-\d+(\.\d+)?)?|rocm(-\d+(\.\d+)?)?)$")
 _DEB = re.compile(r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?$")
 _BASE = re.compile(r"^[a-z0-9][\w./:-]*(@sha256:(?P<digest>[0-9a-f]*))?$")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+DATA_SCHEMES = ("https", "http", "s3", "gs")  # where a [data] input can be fetched from
 # The common requirement `name op version, …` (public versions, no wildcards, no ~=), which
 # repro normalises as packaging does, without paying for packaging's parser at every start.
 _SPEC = r"\s*(==|!=|<=|>=|<|>)\s*([0-9]+(?:\.[0-9]+)*(?:(?:a|b|rc)[0-9]+)?(?:\.post[0-9]+)?" \
@@ -384,11 +385,53 @@ class Validator:
             if not isinstance(item, dict):
                 raise self.error(k, f"`{k}` must be a table, not {_kind(item)}",
                                  hint=f'write {name} = {{ path = "…" }}')
-            t = self.table(item, k, ("path", "description"))
+            t = self.table(item, k, ("path", "url", "digest", "description"))
+            description = self.string(t, k, "description", "")
+            if "url" in t:
+                out.append(self.fetched(k, name, t, description))
+                continue
+            if "digest" in t:
+                raise self.error(f"{k}.digest", f"`{k}.digest` is for inputs fetched from a "
+                                 "`url`; a local input's digest is computed from its bytes",
+                                 hint=f"remove it, or give {k}.url too")
             self.no_nul(f"{k}.path", self.string(t, k, "path"))
-            out.append(DataInput(name, self.string(t, k, "path"),
-                                 self.string(t, k, "description", "")))
+            out.append(DataInput(name, self.string(t, k, "path"), description))
         return tuple(out)
+
+    def fetched(self, k: str, name: str, t: dict[str, Any], description: str) -> DataInput:
+        """A `[data]` input named by URL and digest, placed at `path` (default
+        data/<name>/<the URL's file name>) for the run."""
+        url = self.string(t, k, "url")
+        self.no_nul(f"{k}.url", url)
+        scheme, _, rest = url.partition("://")
+        host = rest.split("/", 1)[0]
+        if scheme not in DATA_SCHEMES or not host or not rest.partition("/")[2]:
+            raise self.error(f"{k}.url", f"`{k}.url` = {url!r} is not an http(s)://, s3:// or "
+                             "gs:// URL of a file", hint='e.g. url = "https://example.org/'
+                                                        'train.csv"')
+        if "@" in host:
+            raise self.error(f"{k}.url", f"`{k}.url` holds credentials (USER:PASSWORD@HOST), "
+                             "which a recipe must never carry",
+                             hint="public files need none; for s3:// and gs:// the usual "
+                                  "AWS or Google credentials of the machine are used")
+        digest = self.string(t, k, "digest", None)
+        if digest is None:
+            raise self.error(k, f"`{k}` names a url but no `digest`: what is fetched must be "
+                             "checked against the bytes the recipe means",
+                             hint=f'add digest = "blake3:…" (b3sum FILE) or "sha256:…" '
+                                  f"(sha256sum FILE) of the file at {url}")
+        if not re.fullmatch(r"(blake3|sha256):[0-9a-f]{64}", digest):
+            raise self.error(f"{k}.digest", f"`{k}.digest` = {digest!r} is not blake3:<64 hex> "
+                             "or sha256:<64 hex>", hint="b3sum FILE or sha256sum FILE gives it")
+        leaf = PurePosixPath(rest.split("?", 1)[0].partition("/")[2]).name or name
+        path = self.string(t, k, "path", f"data/{name}/{leaf}")
+        self.no_nul(f"{k}.path", path)
+        parts = PurePosixPath(path).parts
+        if not parts or PurePosixPath(path).is_absolute() or ".." in parts or path.endswith("/"):
+            raise self.error(f"{k}.path", f"`{k}.path` = {path!r}: a fetched input is placed "
+                             "at a file path inside the project", hint='e.g. path = "data/'
+                                                                      'train.csv"')
+        return DataInput(name, path, description, url, digest)
 
     def train(self, value: Any) -> Train:
         key = "train"

@@ -7,7 +7,7 @@ and one writer, versioned; version 1 is read, never written.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +191,8 @@ class Verification:
     baseline_duration: float
     started: str
     notes: tuple[str, ...] = ()  # what the run key cannot vouch for (network, no sandbox)
+    # wall seconds by phase: fetch (reproduce), environment, training, comparison
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def reproduced(self) -> bool:
@@ -201,7 +203,8 @@ class Verification:
                 "causes": [plain(c) for c in self.causes],
                 "checks": [c.to_json() for c in self.checks],
                 "runs": [plain(r) for r in self.runs],
-                "nondeterminism": list(self.nondeterminism), "notes": list(self.notes)}
+                "nondeterminism": list(self.nondeterminism), "notes": list(self.notes),
+                "timings": dict(self.timings)}
 
     def encode(self) -> bytes:
         return hashing.canonical_json(self.to_json())
@@ -226,7 +229,8 @@ class Verification:
                        tuple(Cause(**c) for c in d["causes"]), tuple(checks),
                        tuple(VerifiedRun(**r) for r in d["runs"]),
                        tuple(d["nondeterminism"]), float(d["duration"]),
-                       float(d["baseline_duration"]), d["started"], tuple(d.get("notes", ())))
+                       float(d["baseline_duration"]), d["started"], tuple(d.get("notes", ())),
+                       {str(k): float(v) for k, v in d.get("timings", {}).items()})
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"{path} is not a verification report repro can read: "
                              f"{why(exc)}",

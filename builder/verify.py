@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import logging
 import statistics
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from builder.errors import InputError, StoreError
 from builder.project import Project
 from builder.recipe import Recipe, Tolerance
 from builder.records import RunRecord
-from builder.runner import VenvRunner, runtime_dir
+from builder.runner import Runner, VenvRunner, runtime_dir
 from builder.verdicts import (
     Baseline,
     BaselineRun,
@@ -82,14 +83,16 @@ def causes(base: Baseline, runs: Sequence[BaselineRun], record: RunRecord,
     return found
 
 
-def _tensor_diff(project: Project, runner: VenvRunner, name: str, a: Path,
+def _tensor_diff(project: Project, runner: Runner, name: str, a: Path,
                  b: Path) -> dict[str, Any] | None:
-    """Tensor by tensor, what differs between two files of one output (blobs in the store)."""
+    """Tensor by tensor, what differs between two files of one output (blobs in the store),
+    read by the env's interpreter (built here when the run was made in an image)."""
     suffix = Path(name).suffix.lower()
     if suffix not in TENSOR_FORMATS or not a.is_file() or not b.is_file():
         return None
+    venv = runner if isinstance(runner, VenvRunner) else VenvRunner(project)
     runtime, _ = runtime_dir(project.store)
-    done = proc.run([str(runner.python()), "-m", "builder.tensordiff", str(a),
+    done = proc.run([str(venv.python()), "-m", "builder.tensordiff", str(a),
                      str(b), suffix], env=proc.clean_env({"PYTHONPATH": str(runtime)}),
                     check=False)
     if done.returncode != 0:
@@ -99,7 +102,7 @@ def _tensor_diff(project: Project, runner: VenvRunner, name: str, a: Path,
     return result
 
 
-def _output_checks(project: Project, runner: VenvRunner, base_run: BaselineRun,
+def _output_checks(project: Project, runner: Runner, base_run: BaselineRun,
                    record: RunRecord) -> list[Check]:
     recipe = project.recipe
     new = {o.path: o for o in record.outputs}
@@ -214,9 +217,14 @@ def _baseline(project: Project, against: str | None) -> tuple[Baseline, str]:
     return baselines.from_records(recipe, [(found, records.get(found))]), f"run {found}"
 
 
-def verify(project: Project, runner: VenvRunner, *, against: str | None = None,
-           seeds: int | None = None) -> Verification:
+def verify(project: Project, runner: Runner, *, against: str | None = None,
+           seeds: int | None = None, timings: dict[str, float] | None = None,
+           note: str = "") -> Verification:
     """Re-run the recipe without the cache and compare it with its baseline (or a run).
+
+    timings: wall seconds of phases before this one (reproduce's fetch), kept in the report
+        beside the environment, training and comparison this measures.
+    note: a line for the report about what it was compared with.
 
     Raises:
         InputError: no baseline, a baseline of another recipe or an older run-key format, a
@@ -228,6 +236,10 @@ def verify(project: Project, runner: VenvRunner, *, against: str | None = None,
     from builder import hardware  # noqa: PLC0415
 
     recipe = project.recipe
+    clock = time.perf_counter()
+    phases = dict(timings or {})
+    runner.prepare()  # the environment, timed apart from the training
+    phases["environment"] = round(time.perf_counter() - clock, 3)
     base, source = _baseline(project, against)
     standard = recipe.reproducibility.standard
     klass = hardware.hardware_class(project.hardware) if standard == "bitwise" else None
@@ -251,11 +263,14 @@ def verify(project: Project, runner: VenvRunner, *, against: str | None = None,
     else:
         to_run = train_seeds[:1]
     started = dt.datetime.now(dt.UTC)
+    clock = time.perf_counter()
     results = []
     for seed in to_run:
         log.info("Verifying %s: re-running seed %d without the cache", recipe.name, seed)
         # a re-run leaves the project's working outputs alone: it is compared from the store
         results.append(run.run(project, runner, seed=seed, use_cache=False, place=False))
+    phases["training"] = round(time.perf_counter() - clock, 3)
+    clock = time.perf_counter()
     records = [r.record for r in results]
     found_causes = causes(base, mine, records[0], standard)
     checks: list[Check] = []
@@ -284,7 +299,8 @@ def verify(project: Project, runner: VenvRunner, *, against: str | None = None,
         duration=round(sum(r.duration for r in records), 3),
         baseline_duration=round(sum(b.duration for b in compared), 3),
         started=started.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        notes=tuple(_unvouched(records[0])),
+        notes=(*([note] if note else []), *_unvouched(records[0])),
+        timings={**phases, "comparison": round(time.perf_counter() - clock, 3)},
     )
     project.store.verifications.add(report)
     return report

@@ -1,4 +1,4 @@
-"""`repro baseline | verify | diff | history`: is the model still the model?"""
+"""`repro baseline | verify | reproduce | diff | history`: is the model still the model?"""
 
 from __future__ import annotations
 
@@ -7,7 +7,17 @@ from typing import Any
 import click
 
 from builder import errors
-from builder.cli.shell import _common, _emit, _Group, _project, _sources, _store, cli
+from builder.cli.shell import (
+    _common,
+    _emit,
+    _Group,
+    _project,
+    _remote_flags,
+    _sources,
+    _store,
+    _with_remote,
+    cli,
+)
 
 
 @cli.group("baseline", cls=_Group)
@@ -66,6 +76,69 @@ def verify_cmd(recipe: str | None, machine: Any, offline: bool, target: str | No
             result, project.store.verifications.of(project.recipe.name)))
     _emit(result.to_json(), report.text(result))
     if not result.reproduced:
+        raise click.exceptions.Exit(errors.EXIT_CHECK)
+
+
+@cli.command("reproduce")
+@_common
+@_sources
+@click.argument("target")
+@click.option("-o", "--output", "folder", type=click.Path(file_okay=False), metavar="DIR",
+              help="Where to re-make the project (new or empty) [default: a new temp folder, "
+                   "kept and printed].")
+@click.option("--in", "where", type=click.Choice(["venv", "image"]), default="venv",
+              show_default=True, help="Re-train in the env's virtualenv, or inside the run's "
+                                      "OCI image (its package layers from the remote).")
+@click.option("--data", "data", multiple=True, metavar="NAME=PATH",
+              help="A copy of a data input the remote does not hold (pushed with --no-data); "
+                   "checked against the run's digest. Repeatable.")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False),
+              help="Also write a Markdown report to this file.")
+@_remote_flags
+def reproduce_cmd(recipe: str | None, machine: Any, offline: bool, target: str,
+                  folder: str | None, where: str, data: tuple[str, ...],
+                  report_file: str | None, remote: Any) -> None:
+    """Re-make the run that made TARGET in a fresh folder, and compare.
+
+    TARGET is a model file, an output digest (blake3:… or sha256:…), a run key or a record
+    digest. The run is found in the store, then on the remote; its record, code snapshot,
+    lock, baseline and data are fetched (each checked), the environment is built from the
+    lock, and the command re-trains without the cache. Works in an empty folder with an
+    empty store. Exit 0 reproduced, 1 drifted or nothing matches TARGET, 3 a fetch, build or
+    re-run failed (naming what was missing).
+    """
+    from pathlib import Path  # noqa: PLC0415
+
+    from builder import report  # noqa: PLC0415
+    from builder.reproduce import reproduce  # noqa: PLC0415
+
+    supplied = {}
+    for item in data:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise click.BadParameter(f"{item!r} is not NAME=PATH", param_hint="--data")
+        supplied[name] = Path(path).resolve()
+    if report_file and not Path(report_file).resolve().parent.is_dir():  # before fetching
+        raise click.BadParameter(f"{Path(report_file).resolve().parent} does not exist",
+                                 param_hint="--report")
+    store = _store()
+    done = reproduce(target, store=store, remote=_with_remote(None, remote, store),
+                     folder=Path(folder) if folder else None, machine=machine,
+                     offline=offline, where=where, supplied=supplied)
+    result = done.report
+    if report_file:
+        Path(report_file).write_text(report.markdown(
+            result, store.verifications.of(result.recipe)))
+    r = done.found.record
+    lines = [f"{result.verdict}: run {r.run_key} of {r.recipe.name} ({result.standard}), found "
+             + ("in the store" if done.found.where == "local" else f"on {done.found.where}"),
+             f"  folder   {done.folder}"]
+    lines += [f"  output   {o['path']}  {o['expected']}  "
+              + ("identical" if o["identical"] else f"re-made as {o['remade']}")
+              for o in done.outputs()]
+    lines += ["", report.text(result)]
+    _emit(done.to_json(), "\n".join(lines))
+    if not done.reproduced:
         raise click.exceptions.Exit(errors.EXIT_CHECK)
 
 

@@ -1,14 +1,19 @@
 """Base images for image tests and benchmarks: Debian's python3.11 from .deb files, as an OCI
-layout built by repro's own writer, and a CNCF registry on loopback to serve it."""
+layout built by repro's own writer, and a CNCF registry on loopback to serve it (and to be a
+remote cache: `serve`)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from builder.image import layout, tarball
@@ -90,3 +95,47 @@ def start_registry(work: Path, *, htpasswd: Path | None = None,
 def push(layout_dir: Path, tag: str, ref: str) -> None:
     subprocess.run(["skopeo", "copy", "--dest-tls-verify=false", f"oci:{layout_dir}:{tag}",
                     f"docker://{ref}"], check=True, capture_output=True)
+
+
+@dataclass
+class Registry:
+    host: str
+    data: Path  # its storage folder
+    log: Path  # its access log
+
+    @property
+    def remote(self) -> str:
+        return f"{self.host}/team/cache"
+
+    def tags(self) -> list[str]:
+        try:
+            with urllib.request.urlopen(f"http://{self.host}/v2/team/cache/tags/list") as r:
+                return sorted(json.load(r).get("tags") or [])
+        except urllib.error.HTTPError as exc:  # no such repository yet
+            exc.close()
+            if exc.code == 404:
+                return []
+            raise
+
+    def manifest(self, tag: str) -> dict:  # type: ignore[type-arg]
+        request = urllib.request.Request(
+            f"http://{self.host}/v2/team/cache/manifests/{tag}",
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+        with urllib.request.urlopen(request) as r:  # noqa: S310
+            return json.load(r)  # type: ignore[no-any-return]
+
+    def blob_file(self, digest: str) -> Path:
+        h = digest.removeprefix("sha256:")
+        return self.data / "docker/registry/v2/blobs/sha256" / h[:2] / h / "data"
+
+
+@contextlib.contextmanager
+def serve(work: Path, **options: Path) -> Iterator[Registry]:
+    """A registry on loopback for one test, its storage and access log in `work`."""
+    log = work / "access.log"
+    host, server = start_registry(work, access_log=log, **options)
+    try:
+        yield Registry(host, work / "data", log)
+    finally:
+        server.terminate()
+        server.wait()

@@ -238,6 +238,34 @@ def test_a_run_inside_the_image_matches_the_venv_run_bit_for_bit(
     assert pushed.json["skipped"] >= base_layers  # mounted, not uploaded
 
 
+def test_a_run_made_in_its_image_is_reproduced_in_it_from_an_empty_store(
+    project: Path, tmp_path: Path, python_base: tuple[Path, str], registry: str,
+    key: tuple[Path, str],
+) -> None:
+    private, public = key
+    base_layout, digest = python_base
+    bases.push(base_layout, "base:3.11", f"{registry}/python:3.11")
+    with_base(project, f"{registry}/python@{digest}")
+    remote = f"{registry}/reproduce/cache"
+    made = repro("run", "--in", "image", "--push", "--remote", remote, "--sign-key", private,
+                 "--json", cwd=project)
+    assert made.code == 0, made.err
+    assert repro("push", "--env", "--remote", remote, "--sign-key", private,
+                 cwd=project).code == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    # capitals in the store's path: buildah names an image after its layout's path, and
+    # refuses capitals in a name
+    remade = repro("reproduce", made.json["outputs"][0]["digest"], "--in", "image", "--remote",
+                   remote, "--trust", public, "-o", tmp_path / "remade", "--json", cwd=empty,
+                   env={"REPRO_HOME": str(tmp_path / "Store-B")})
+    assert remade.code == 0, remade.err
+    out = remade.json
+    assert (out["verdict"], out["run_key"]) == ("reproduced", made.json["run_key"])  # one image
+    assert (tmp_path / "remade" / "model.npz").read_bytes() == \
+        (project / "model.npz").read_bytes()
+
+
 @pytest.mark.skipif(not (Path(MACHINE_WHEELS or "/nonexistent") /
                          "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").is_file(),
                     reason="the torch 2.13.0 CPU wheel is not in $PIP_FIND_LINKS here")

@@ -5,21 +5,17 @@ and listing and removal."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import shutil
 import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT
-from tests.func.bases import start_registry
+from tests.func.bases import Registry, serve
 from tests.func.faultproxy import FaultProxy
 from tests.func.helpers import Result, complete_envs, repro
 
@@ -27,63 +23,10 @@ pytestmark = pytest.mark.skipif(shutil.which("docker-registry") is None,
                                 reason="docker-registry (Debian package) is installed by .ci/run")
 
 
-@dataclass
-class Registry:
-    host: str
-    data: Path  # its storage folder
-    log: Path  # its access log
-
-    @property
-    def remote(self) -> str:
-        return f"{self.host}/team/cache"
-
-    def tags(self) -> list[str]:
-        try:
-            with urllib.request.urlopen(f"http://{self.host}/v2/team/cache/tags/list") as r:
-                return sorted(json.load(r).get("tags") or [])
-        except urllib.error.HTTPError as exc:  # no such repository yet
-            exc.close()
-            if exc.code == 404:
-                return []
-            raise
-
-    def manifest(self, tag: str) -> dict:  # type: ignore[type-arg]
-        request = urllib.request.Request(
-            f"http://{self.host}/v2/team/cache/manifests/{tag}",
-            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
-        with urllib.request.urlopen(request) as r:  # noqa: S310
-            return json.load(r)  # type: ignore[no-any-return]
-
-    def blob_file(self, digest: str) -> Path:
-        h = digest.removeprefix("sha256:")
-        return self.data / "docker/registry/v2/blobs/sha256" / h[:2] / h / "data"
-
-
-@contextlib.contextmanager
-def _serve(work: Path, **options: Path) -> Iterator[Registry]:
-    log = work / "access.log"
-    host, server = start_registry(work, access_log=log, **options)
-    try:
-        yield Registry(host, work / "data", log)
-    finally:
-        server.terminate()
-        server.wait()
-
-
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[Registry]:
-    with _serve(tmp_path / "registry") as served:
+    with serve(tmp_path / "registry") as served:
         yield served
-
-
-@pytest.fixture
-def key(tmp_path: Path) -> tuple[Path, str]:
-    """A signing key made by `repro key generate`: (private key file, public key)."""
-    path = tmp_path / "keys" / "ci.key"
-    path.parent.mkdir()
-    made = repro("key", "generate", path)
-    assert made.code == 0, made.err
-    return path, made.out.strip().splitlines()[-1]
 
 
 def clone(project: Path, where: Path) -> Path:
@@ -141,7 +84,7 @@ def test_a_run_pushed_from_one_store_answers_in_another_without_training(
     manifest = registry.manifest(f"run-{run_hex}")
     assert manifest["artifactType"] == "application/vnd.repro.run.v1"
     roles = sorted(x["annotations"]["dev.repro.role"] for x in manifest["layers"])
-    assert roles == ["code", "data", "lock", "output", "pylock", "recipe", "record"]
+    assert roles == ["baseline", "code", "data", "lock", "output", "pylock", "recipe", "record"]
     assert manifest["annotations"]["dev.repro.signer"] == public
 
     checkout = clone(project, tmp_path / "b")
@@ -198,7 +141,7 @@ def test_credentials_from_a_docker_config_and_from_a_helper_and_never_stored(
         project: Path, tmp_path: Path, key: tuple[Path, str]) -> None:
     password = "s3cret-Pa55word"  # noqa: S105
     htpasswd = users(tmp_path, password)
-    with _serve(tmp_path / "registry", htpasswd=htpasswd) as registry:
+    with serve(tmp_path / "registry", htpasswd=htpasswd) as registry:
         _authenticated(project, tmp_path, registry, key, password)
 
 
@@ -468,8 +411,8 @@ def test_a_project_config_can_name_a_remote_but_not_push_to_it_or_get_your_passw
         project: Path, tmp_path: Path, key: tuple[Path, str]) -> None:
     password = "pr-cannot-see-this"  # noqa: S105
     htpasswd = users(tmp_path, password)
-    with _serve(tmp_path / "open") as open_registry, \
-            _serve(tmp_path / "locked", htpasswd=htpasswd) as locked:
+    with serve(tmp_path / "open") as open_registry, \
+            serve(tmp_path / "locked", htpasswd=htpasswd) as locked:
         (project / ".repro").mkdir()
         config = project / ".repro" / "config.toml"
         config.write_text(f'[remote]\nurl = "{open_registry.remote}"\npush = true\n')
@@ -544,7 +487,7 @@ def test_a_broken_credential_setup_is_a_warning_for_a_run(
         project: Path, tmp_path: Path) -> None:
     htpasswd = users(tmp_path, "pw")
     (Path(os.environ["DOCKER_CONFIG"]) / "config.json").write_text("{not json")
-    with _serve(tmp_path / "registry", htpasswd=htpasswd) as registry:
+    with serve(tmp_path / "registry", htpasswd=htpasswd) as registry:
         r = repro("run", "--remote", registry.remote, "--json", cwd=project,
                   env=store(tmp_path, "a"))
     assert r.code == 0, r.err

@@ -111,6 +111,7 @@ def test_v1_verifications_read_and_round_trip() -> None:
     written = report.to_json()
     assert written.pop("schema") == "repro.verify/v2"
     assert written.pop("notes") == []  # v2: what no identity covers (none said in v1)
+    assert written.pop("timings") == {}  # v2: wall time by phase (none kept in v1)
     assert written == {k: v for k, v in old.items() if k != "schema"}  # the same fields
     assert Verification.decode(report.encode(), V1) == report
 
