@@ -60,7 +60,10 @@ def text(report: Verification) -> str:
 
 def phases(report: Verification) -> str:
     """Wall time by phase: `fetch 0.52s, environment 3.10s, training 1.02s, …`."""
-    return ", ".join(f"{k} {v:.2f}s" for k, v in report.timings.items())
+    order = ("fetch", "environment", "training", "comparison")
+    ranked = sorted(report.timings.items(),
+                    key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+    return ", ".join(f"{k} {v:.2f}s" for k, v in ranked)
 
 
 def markdown(report: Verification, history: Sequence[Verification]) -> str:
