@@ -52,9 +52,12 @@ def text(report: Verification) -> str:
     lines += [f"declared nondeterminism: {n['source']} ({n['reason']})"
               for n in report.nondeterminism]
     lines += [f"note: {note}" for note in report.notes]
-    lines.append(f"time to reproduce {report.duration:.2f}s (baseline "
-                 f"{report.baseline_duration:.2f}s)" + (f"; {phases(report)}"
-                                                         if report.timings else ""))
+    run = f"{report.duration:.2f}s (baseline {report.baseline_duration:.2f}s)"
+    if report.timings:
+        lines.append(f"time to reproduce {sum(report.timings.values()):.2f}s: "
+                     f"{phases(report)}; the run itself {run}")
+    else:
+        lines.append(f"time to reproduce {run}")
     return "\n".join(lines)
 
 

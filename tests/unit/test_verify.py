@@ -106,6 +106,10 @@ def test_reports_say_the_verdict_causes_and_history() -> None:
     text = report.text(result)
     assert text.splitlines()[0] == "drifted: m (bitwise) against b.json"
     assert "w: 3 of 4 elements differ, max abs 0.5, max rel 0.25" in text
+    assert text.splitlines()[-1] == "time to reproduce 2.00s (baseline 1.50s)"
+    timed = report.text(replace(result, timings={"training": 2.5, "fetch": 0.5}))
+    assert timed.splitlines()[-1] == ("time to reproduce 3.00s: fetch 0.50s, training 2.50s; "
+                                      "the run itself 2.00s (baseline 1.50s)")
     md = report.markdown(result, [replace(result, duration=d) for d in (1.0, 2.0, 4.0)])
     assert md.startswith("# ❌ `m`: **drifted**")
     assert "| seed | seed 1 → 2 |" in md
