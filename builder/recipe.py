@@ -137,6 +137,7 @@ class Reproducibility:
     tolerance: Mapping[str, Tolerance] = field(default_factory=dict)
     nondeterminism: tuple[Nondeterminism, ...] = ()
     evaluate: tuple[str, ...] = ()
+    target: float | None = None  # `time-to-reproduce`, in seconds
 
 
 @dataclass(frozen=True)

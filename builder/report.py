@@ -58,7 +58,14 @@ def text(report: Verification) -> str:
                      f"{phases(report)}; the run itself {run}")
     else:
         lines.append(f"time to reproduce {run}")
+    if report.over_target:
+        lines.append(f"warning: {over_target(report)}")
     return "\n".join(lines)
+
+
+def over_target(report: Verification) -> str:
+    return (f"time to reproduce {report.total:.2f}s is over the recipe's target "
+            f"{report.target:g}s ([reproducibility] time-to-reproduce)")
 
 
 def phases(report: Verification) -> str:
@@ -94,13 +101,17 @@ def markdown(report: Verification, history: Sequence[Verification]) -> str:
     if report.notes:
         out += ["", "## Not covered by any identity", "", *(f"- {n}" for n in report.notes)]
     out += ["", "## Time to reproduce", "",
-            f"{report.duration:.2f}s, baseline {report.baseline_duration:.2f}s"
-            + (f" (wall time: {phases(report)})" if report.timings else ""), ""]
+            f"{report.total:.2f}s"
+            + (f" ({phases(report)})" if report.timings else "")
+            + f"; the run itself {report.duration:.2f}s, baseline "
+              f"{report.baseline_duration:.2f}s"
+            + (f"; target {report.target:g}s" if report.target is not None else ""), ""]
+    if report.over_target:
+        out += [f"⚠️ {over_target(report)}.", ""]
     if history:
-        durations = [h.duration for h in history]
         out += [f"History ({len(history)} verifications, oldest first): "
-                f"`{sparkline(durations)}`", "",
+                f"`{sparkline([h.total for h in history])}`", "",
                 "| when | verdict | seconds |", "|---|---|---|"]
-        out += [f"| {h.started} | {h.verdict} | {h.duration:.2f} |"
+        out += [f"| {h.started} | {h.verdict} | {h.total:.2f} |"
                 for h in history[-10:]]
     return "\n".join(out) + "\n"

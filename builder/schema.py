@@ -558,7 +558,8 @@ class Validator:
 
     def reproducibility(self, value: Any, train: Train | None) -> Reproducibility:
         key = "reproducibility"
-        t = self.table(value, key, ("standard", "tolerance", "nondeterminism", "evaluate"))
+        t = self.table(value, key, ("standard", "tolerance", "nondeterminism", "evaluate",
+                                    "time-to-reproduce"))
         standard = self.choice(t, key, "standard", STANDARDS)
         tolerance = {}
         raw = t.get("tolerance", {})
@@ -590,7 +591,24 @@ class Validator:
             raise self.error("reproducibility.tolerance",
                              f"a `{standard}` standard needs at least one metric tolerance",
                              hint="add tolerance = { accuracy = { abs = 0.01 } }")
-        return Reproducibility(standard, tolerance, tuple(nondet), evaluate)
+        return Reproducibility(standard, tolerance, tuple(nondet), evaluate,
+                               self.duration(t, key, "time-to-reproduce"))
+
+    def duration(self, t: dict[str, Any], key: str, name: str) -> float | None:
+        """`"90s"`, `"30m"`, `"2h"`, `"1h30m"`: seconds, or None when the key is absent."""
+        value = self.string(t, key, name, None)
+        if value is None:
+            return None
+        parts = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*"
+                             r"(?:(\d+(?:\.\d+)?)s)?\s*", value)
+        if not value.strip() or parts is None or not any(parts.groups()):
+            raise self.error(f"{key}.{name}", f"`{key}.{name}` is {value!r}, not a duration",
+                             hint='write hours, minutes and seconds: "90s", "30m", "1h30m"')
+        h, m, sec = (float(x or 0) for x in parts.groups())
+        if h * 3600 + m * 60 + sec <= 0:
+            raise self.error(f"{key}.{name}", f"`{key}.{name}` must be longer than 0s",
+                             hint='e.g. "30m"; remove the key for no target')
+        return h * 3600 + m * 60 + sec
 
     def tolerance(self, value: Any, key: str) -> Tolerance:
         t = self.table(value, key, ("abs", "rel"))

@@ -193,10 +193,20 @@ class Verification:
     notes: tuple[str, ...] = ()  # what the run key cannot vouch for (network, no sandbox)
     # wall seconds by phase: fetch (reproduce), environment, training, comparison
     timings: dict[str, float] = field(default_factory=dict)
+    target: float | None = None  # the recipe's `time-to-reproduce`, in seconds
 
     @property
     def reproduced(self) -> bool:
         return self.verdict == "reproduced"
+
+    @property
+    def total(self) -> float:
+        """Wall seconds to reproduce: the phases, or (reports before phases) the runs."""
+        return round(sum(self.timings.values()), 3) if self.timings else self.duration
+
+    @property
+    def over_target(self) -> bool:
+        return self.target is not None and self.total > self.target
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": VERIFY_SCHEMA, **plain(self),
@@ -204,7 +214,8 @@ class Verification:
                 "checks": [c.to_json() for c in self.checks],
                 "runs": [plain(r) for r in self.runs],
                 "nondeterminism": list(self.nondeterminism), "notes": list(self.notes),
-                "timings": dict(self.timings)}
+                "timings": dict(self.timings), "total": self.total,
+                "over_target": self.over_target}
 
     def encode(self) -> bytes:
         return hashing.canonical_json(self.to_json())
@@ -230,7 +241,8 @@ class Verification:
                        tuple(VerifiedRun(**r) for r in d["runs"]),
                        tuple(d["nondeterminism"]), float(d["duration"]),
                        float(d["baseline_duration"]), d["started"], tuple(d.get("notes", ())),
-                       {str(k): float(v) for k, v in d.get("timings", {}).items()})
+                       {str(k): float(v) for k, v in d.get("timings", {}).items()},
+                       None if d.get("target") is None else float(d["target"]))
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"{path} is not a verification report repro can read: "
                              f"{why(exc)}",

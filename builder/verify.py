@@ -301,6 +301,7 @@ def verify(project: Project, runner: Runner, *, against: str | None = None,
         started=started.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         notes=(*([note] if note else []), *_unvouched(records[0])),
         timings={**phases, "comparison": round(time.perf_counter() - clock, 3)},
+        target=recipe.reproducibility.target,
     )
     project.store.verifications.add(report)
     return report

@@ -48,8 +48,11 @@ def baseline_set(recipe: str | None, runs: tuple[str, ...]) -> None:
 @click.option("--seeds", type=click.IntRange(min=1), help="Runs to compare (statistical).")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False),
               help="Also write a Markdown report to this file.")
+@click.option("--strict", is_flag=True,
+              help="Exit 1 when the time to reproduce is over the recipe's target.")
 def verify_cmd(recipe: str | None, machine: Any, offline: bool, target: str | None,
-               against: str | None, seeds: int | None, report_file: str | None) -> None:
+               against: str | None, seeds: int | None, report_file: str | None,
+               strict: bool) -> None:
     """Re-run the recipe without the cache and compare with its baseline.
 
     TARGET is a recipe (file or folder) or a run to compare with (like --against).
@@ -75,7 +78,12 @@ def verify_cmd(recipe: str | None, machine: Any, offline: bool, target: str | No
         Path(report_file).write_text(report.markdown(
             result, project.store.verifications.of(project.recipe.name)))
     _emit(result.to_json(), report.text(result))
-    if not result.reproduced:
+    _exit(result, strict)
+
+
+def _exit(result: Any, strict: bool) -> None:
+    """Exit 1 on a drift, and with --strict on a time to reproduce over the target."""
+    if not result.reproduced or (strict and result.over_target):
         raise click.exceptions.Exit(errors.EXIT_CHECK)
 
 
@@ -94,10 +102,12 @@ def verify_cmd(recipe: str | None, machine: Any, offline: bool, target: str | No
                    "checked against the run's digest. Repeatable.")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False),
               help="Also write a Markdown report to this file.")
+@click.option("--strict", is_flag=True,
+              help="Exit 1 when the time to reproduce is over the recipe's target.")
 @_remote_flags
 def reproduce_cmd(recipe: str | None, machine: Any, offline: bool, target: str,
                   folder: str | None, where: str, data: tuple[str, ...],
-                  report_file: str | None, remote: Any) -> None:
+                  report_file: str | None, strict: bool, remote: Any) -> None:
     """Re-make the run that made TARGET in a fresh folder, and compare.
 
     TARGET is a model file, an output digest (blake3:… or sha256:…), a run key or a record
@@ -138,8 +148,7 @@ def reproduce_cmd(recipe: str | None, machine: Any, offline: bool, target: str,
               for o in done.outputs()]
     lines += ["", report.text(result)]
     _emit(done.to_json(), "\n".join(lines))
-    if not done.reproduced:
-        raise click.exceptions.Exit(errors.EXIT_CHECK)
+    _exit(result, strict)
 
 
 @cli.command("diff")
@@ -159,14 +168,19 @@ def diff_cmd(recipe: str | None, a: str, b: str) -> None:
 @_common
 def history_cmd(recipe: str | None) -> None:
     """Verdicts and times to reproduce of the recipe's verifications, oldest first."""
-    from builder.report import sparkline  # noqa: PLC0415
+    from builder.report import phases, sparkline  # noqa: PLC0415
 
     r = _project(recipe).recipe
     rows = _store().verifications.of(r.name)
-    lines = [f"{h.started}  {h.verdict:<10} {h.duration:8.2f}s  "
+    lines = [f"{h.started}  {h.verdict:<10} {h.total:8.2f}s"
+             + (" over target" if h.over_target else "")
+             + (f"  ({phases(h)})" if h.timings else "") + "  "
              + "; ".join(f"{c.kind}: {c.detail}" for c in h.causes) for h in rows]
     if rows:
-        lines.append(f"time to reproduce: {sparkline([h.duration for h in rows])}")
+        lines.append(f"time to reproduce: {sparkline([h.total for h in rows])}  "
+                     f"(oldest {rows[0].total:.2f}s, latest {rows[-1].total:.2f}s"
+                     + (f", target {r.reproducibility.target:g}s"
+                        if r.reproducibility.target is not None else "") + ")")
     _emit({"recipe": r.name, "verifications": [h.to_json() for h in rows]},
           "\n".join(lines) or f"{r.name} has not been verified yet")
 

@@ -46,6 +46,26 @@ def test_an_unchanged_recipe_reproduces_with_a_report(project: Path, tmp_path: P
     assert [h["verdict"] for h in history] == ["reproduced"]
 
 
+def test_a_time_to_reproduce_over_the_target_warns_and_fails_with_strict(
+        project: Path) -> None:
+    baseline(project)
+    edit(project / "repro.toml", "[reproducibility]\n",
+         '[reproducibility]\ntime-to-reproduce = "0.001s"\n')  # no re-run is that quick
+    r = repro("verify", cwd=project)
+    assert r.code == 0, r.err
+    assert "warning: time to reproduce" in r.out
+    assert "over the recipe's target 0.001s" in r.out
+    r = repro("verify", "--strict", "--json", cwd=project)
+    assert r.code == 1, r.err
+    assert r.json["verdict"] == "reproduced"
+    assert r.json["over_target"] is True and r.json["target"] == 0.001
+    assert r.json["total"] == pytest.approx(sum(r.json["timings"].values()), abs=0.01)
+    assert set(r.json["timings"]) == {"environment", "training", "comparison"}
+    shown = repro("history", cwd=project)
+    assert shown.out.count("over target") == 2
+    assert "target 0.001s" in shown.out.splitlines()[-1]
+
+
 @pytest.mark.parametrize(
     ("change", "cause", "detail"),
     [

@@ -111,6 +111,9 @@ abs = 0.001
         (HEAD + '[reproducibility]\nstandard = "statistical"\n', r"needs at least one metric tolerance"),
         (HEAD + '[reproducibility]\nstandard = "functional"\ntolerance = { a = { abs = 1 } }\n', r"needs `reproducibility\.evaluate`"),
         (HEAD + '[reproducibility]\ntolerance = { acc = { abs = -1 } }\n', r"must be a number >= 0"),
+        (HEAD + '[reproducibility]\ntime-to-reproduce = "30 min"\n', r"is '30 min', not a duration(?s:.*)\"1h30m\""),
+        (HEAD + '[reproducibility]\ntime-to-reproduce = 30\n', r"must be a string(?s:.*)\"30\""),
+        (HEAD + '[reproducibility]\ntime-to-reproduce = "0m"\n', r"must be longer than 0s"),
         (HEAD + '[data]\ntrain = "data.csv"\n', r"`data\.train` must be a table(?s:.*)train = \{ path"),
         # what identities and environments cannot hold
         (HEAD + '[train]\ncommand = ["x"]\nparams = { lr = nan }\n', r"`train\.params\.lr` is nan; identities hold finite numbers only"),
@@ -244,3 +247,11 @@ def test_anything_else_goes_to_packaging() -> None:
 def test_what_a_run_key_or_a_record_would_misstate_is_refused(line: str, match: str) -> None:
     with pytest.raises(RecipeError, match=match):
         parse(HEAD + f'[train]\ncommand = ["x"]\n{line}\n')
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("30m", 1800), ("1h30m", 5400),
+                                               ("1.5h", 5400), ("2h 5s", 7205)])
+def test_a_time_to_reproduce_target_reads_as_seconds(text: str, seconds: float) -> None:
+    r = parse(HEAD + f'[reproducibility]\ntime-to-reproduce = "{text}"\n')
+    assert r.reproducibility.target == seconds
+    assert parse(HEAD).reproducibility.target is None

@@ -110,6 +110,15 @@ def test_reports_say_the_verdict_causes_and_history() -> None:
     timed = report.text(replace(result, timings={"training": 2.5, "fetch": 0.5}))
     assert timed.splitlines()[-1] == ("time to reproduce 3.00s: fetch 0.50s, training 2.50s; "
                                       "the run itself 2.00s (baseline 1.50s)")
+    assert not replace(result, timings={"training": 2.5}).over_target  # no target declared
+    late = replace(result, timings={"training": 2.5, "fetch": 0.5}, target=2.9)
+    assert late.over_target and late.total == 3.0
+    assert report.text(late).splitlines()[-1] == (
+        "warning: time to reproduce 3.00s is over the recipe's target 2.9s "
+        "([reproducibility] time-to-reproduce)")
+    assert Verification.decode(late.encode(), Path("v.json")) == late
+    old = {k: v for k, v in late.to_json().items() if k != "target"}  # written before targets
+    assert Verification.decode(json.dumps(old).encode(), Path("v.json")).target is None
     md = report.markdown(result, [replace(result, duration=d) for d in (1.0, 2.0, 4.0)])
     assert md.startswith("# ❌ `m`: **drifted**")
     assert "| seed | seed 1 → 2 |" in md
