@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from builder.svg import Series, chart
 from builder.verdicts import Check, OutputCheck, Verification
 
 _BARS = "▁▂▃▄▅▆▇█"
@@ -76,8 +77,23 @@ def phases(report: Verification) -> str:
     return ", ".join(f"{k} {v:.2f}s" for k, v in ranked)
 
 
-def markdown(report: Verification, history: Sequence[Verification]) -> str:
-    """A report a reviewer reads in a pull request."""
+def history_svg(recipe: str, history: Sequence[Verification],
+                metrics: Sequence[Mapping[str, float]]) -> str:
+    """Verdicts, times to reproduce and the re-runs' metrics (`metrics[i]` for
+    `history[i]`), one panel each, oldest left."""
+    labels = [h.started[:16].replace("T", " ") for h in history]
+    series = [Series("verdict", [1.0] * len(history),
+                     marks=["ok" if h.reproduced else "bad" for h in history]),
+              Series("time to reproduce", [h.total for h in history], "s")]
+    for name in sorted({k for m in metrics for k in m}):
+        series.append(Series(f"metric {name}", [m.get(name) for m in metrics]))
+    return chart(f"{recipe}: {len(history)} verifications", labels, series)
+
+
+def markdown(report: Verification, history: Sequence[Verification],
+             plot: str | None = None) -> str:
+    """A report a reviewer reads in a pull request; `plot` names the history chart
+    (`history_svg`) beside it, embedded under the history."""
     icon = "✅" if report.reproduced else "❌"
     out = [f"# {icon} `{report.recipe}`: **{report.verdict}**", "",
            f"Standard: `{report.standard}` · baseline: `{report.baseline}` · "
@@ -114,4 +130,6 @@ def markdown(report: Verification, history: Sequence[Verification]) -> str:
                 "| when | verdict | seconds |", "|---|---|---|"]
         out += [f"| {h.started} | {h.verdict} | {h.total:.2f} |"
                 for h in history[-10:]]
+    if plot:
+        out += ["", f"![verdicts, times to reproduce and metrics over time]({plot})"]
     return "\n".join(out) + "\n"

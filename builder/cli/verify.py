@@ -75,10 +75,39 @@ def verify_cmd(recipe: str | None, machine: Any, offline: bool, target: str | No
                                  param_hint="--report")
     result = verify(project, VenvRunner(project), against=against, seeds=seeds)
     if report_file:
-        Path(report_file).write_text(report.markdown(
-            result, project.store.verifications.of(project.recipe.name)))
+        _write_report(Path(report_file), result, project.store)
     _emit(result.to_json(), report.text(result))
     _exit(result, strict)
+
+
+def _write_report(path: Any, result: Any, store: Any) -> None:
+    """The Markdown report, with the history chart beside it (FILE.svg) and embedded."""
+    from builder import report  # noqa: PLC0415
+
+    history = store.verifications.of(result.recipe)
+    plot = path.with_suffix(".svg")
+    if plot == path:
+        plot = path.with_name(path.name + ".history.svg")
+    plot.write_text(report.history_svg(result.recipe, history,
+                                       [_metrics(store, h) for h in history]))
+    path.write_text(report.markdown(result, history, plot=plot.name))
+
+
+def _metrics(store: Any, verification: Any) -> dict[str, float]:
+    """The mean of each numeric metric over a verification's re-runs (records since
+    removed count as none)."""
+    from builder.errors import StoreError  # noqa: PLC0415
+
+    values: dict[str, list[float]] = {}
+    for run in verification.runs:
+        try:
+            metrics = store.records.get(run.record).metrics
+        except StoreError:
+            continue
+        for name, value in metrics.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                values.setdefault(name, []).append(float(value))
+    return {name: sum(v) / len(v) for name, v in values.items()}
 
 
 def _exit(result: Any, strict: bool) -> None:
@@ -137,8 +166,7 @@ def reproduce_cmd(recipe: str | None, machine: Any, offline: bool, target: str,
                      offline=offline, where=where, supplied=supplied)
     result = done.report
     if report_file:
-        Path(report_file).write_text(report.markdown(
-            result, store.verifications.of(result.recipe)))
+        _write_report(Path(report_file), result, store)
     r = done.found.record
     lines = [f"{result.verdict}: run {r.run_key} of {r.recipe.name} ({result.standard}), found "
              + ("in the store" if done.found.where == "local" else f"on {done.found.where}"),
@@ -166,12 +194,22 @@ def diff_cmd(recipe: str | None, a: str, b: str) -> None:
 
 @cli.command("history")
 @_common
-def history_cmd(recipe: str | None) -> None:
+@click.option("--plot", type=click.Path(dir_okay=False), metavar="FILE.svg",
+              help="Also draw verdicts, times to reproduce and metrics over time as SVG.")
+def history_cmd(recipe: str | None, plot: str | None) -> None:
     """Verdicts and times to reproduce of the recipe's verifications, oldest first."""
-    from builder.report import phases, sparkline  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from builder.report import history_svg, phases, sparkline  # noqa: PLC0415
 
     r = _project(recipe).recipe
-    rows = _store().verifications.of(r.name)
+    store = _store()
+    rows = store.verifications.of(r.name)
+    if plot:
+        if not Path(plot).resolve().parent.is_dir():
+            raise click.BadParameter(f"{Path(plot).resolve().parent} does not exist",
+                                     param_hint="--plot")
+        Path(plot).write_text(history_svg(r.name, rows, [_metrics(store, h) for h in rows]))
     lines = [f"{h.started}  {h.verdict:<10} {h.total:8.2f}s"
              + (" over target" if h.over_target else "")
              + (f"  ({phases(h)})" if h.timings else "") + "  "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,8 @@ def test_an_unchanged_recipe_reproduces_with_a_report(project: Path, tmp_path: P
     md = report_file.read_text()
     assert md.startswith("# ✅ `digits-logreg`: **reproduced**")
     assert "## Time to reproduce" in md
+    assert "](report.svg)" in md  # the history chart, written beside the report
+    assert ET.parse(tmp_path / "report.svg").getroot().tag == "{http://www.w3.org/2000/svg}svg"
     history = repro("history", "--json", cwd=project).json["verifications"]
     assert [h["verdict"] for h in history] == ["reproduced"]
 
@@ -61,9 +64,14 @@ def test_a_time_to_reproduce_over_the_target_warns_and_fails_with_strict(
     assert r.json["over_target"] is True and r.json["target"] == 0.001
     assert r.json["total"] == pytest.approx(sum(r.json["timings"].values()), abs=0.01)
     assert set(r.json["timings"]) == {"environment", "training", "comparison"}
-    shown = repro("history", cwd=project)
+    shown = repro("history", "--plot", project / "h.svg", cwd=project)
     assert shown.out.count("over target") == 2
     assert "target 0.001s" in shown.out.splitlines()[-1]
+    panels = {g.get("data-series"): g for g in ET.parse(project / "h.svg").getroot()
+              if g.get("data-series")}
+    assert list(panels) == ["verdict", "time to reproduce", "metric accuracy", "metric loss"]
+    verdicts = [c.get("class") for c in panels["verdict"] if c.tag.endswith("circle")]
+    assert verdicts == ["point ok", "point ok"]  # one mark per recorded verification
 
 
 @pytest.mark.parametrize(

@@ -112,6 +112,9 @@ def test_v1_verifications_read_and_round_trip() -> None:
     assert written.pop("schema") == "repro.verify/v2"
     assert written.pop("notes") == []  # v2: what no identity covers (none said in v1)
     assert written.pop("timings") == {}  # v2: wall time by phase (none kept in v1)
+    # v2: the time-to-reproduce target (none in v1) and the total, the runs' duration
+    assert (written.pop("target"), written.pop("over_target")) == (None, False)
+    assert written.pop("total") == old["duration"]
     assert written == {k: v for k, v in old.items() if k != "schema"}  # the same fields
     assert Verification.decode(report.encode(), V1) == report
 
