@@ -6,6 +6,7 @@
     env-<env id hex>         application/vnd.repro.env.v1      the env's package layers
     out-<BLAKE3 hex>         application/vnd.repro.output.v1   none: `subject` is the run
     out-sha256-<hex>         (the same, by the output's sha256)
+    out-<record hex>         (the same, by the run's record digest)
 
 Every manifest has the empty config (`{}`), so a lookup is one GET of a tag. Blobs go up
 first and the manifest last, under its tag (the registry refuses a manifest whose blobs it
@@ -389,6 +390,13 @@ class Remote:
                                     "dev.repro.run-key": record.run_key, TITLE: out.path,
                                     CREATED: record.ended}}, "out", name)
                 moved.tags.append(tag("out", name))
+        self._put_manifest({  # the record digest finds its run too (reproduce, lookup)
+            "schemaVersion": 2, "mediaType": MANIFEST, "artifactType": ARTIFACT["out"],
+            "config": EMPTY_DESCRIPTOR, "layers": [EMPTY_DESCRIPTOR], "subject": subject,
+            "annotations": {KIND: "out", IDENTITY: digest, BLAKE3: digest,
+                            "dev.repro.run-key": record.run_key, ROLE: "record",
+                            CREATED: record.ended}}, "out", digest)
+        moved.tags.append(tag("out", digest))
         return moved
 
     def _project_layers(self, project: Project, record: RunRecord, moved: Moved, *,
@@ -556,9 +564,9 @@ class Remote:
                            lambda: self.pull_run(run_key), None)
 
     def producer(self, digest: str) -> tuple[str, RunRecord] | None:
-        """Which run made the output with this digest (BLAKE3 or sha256): the reverse index
-        (one GET) then the run (one GET, its signature checked) and its record (read, not
-        indexed: a lookup pulls no models)."""
+        """Which run made the output with this digest (BLAKE3 or sha256), or has this
+        record digest: the reverse index (one GET) then the run (one GET, its signature
+        checked) and its record (read, not indexed: a lookup pulls no models)."""
         index = self.manifest(tag("out", digest))
         if index is None:
             return None
@@ -567,7 +575,8 @@ class Remote:
         if found is None:
             return None
         record_digest, record = self.record_of(run_key, found[0], Moved())
-        if not any(digest in (o.digest, _sha_of(found[0], o.digest)) for o in record.outputs):
+        if digest != record_digest and not any(digest in (o.digest, _sha_of(found[0], o.digest))
+                                               for o in record.outputs):
             raise Untrusted(f"{self.url}: {tag('out', digest)} names run {run_key}, which "
                             "did not make it: not used")
         return record_digest, record

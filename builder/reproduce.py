@@ -141,7 +141,10 @@ def reproduce(target: str, *, store: Store, remote: Remote | None, folder: Path 
     note = "" if standard == "bitwise" or baseline_here else (
         "the run's snapshot holds no baseline: compared with the run's own record (its "
         "metrics), with the recipe's tolerances")
-    report = verify(project, runner, against=against, timings={"fetch": fetched}, note=note)
+    mine = against is not None  # then re-run the run's own seed and params, as it was made
+    report = verify(project, runner, against=against, timings={"fetch": fetched}, note=note,
+                    seed=record.seed if mine else None,
+                    params=run.as_overrides(record.params) if mine else ())
     remade = {}
     first = next((r for r in report.runs if r.seed == record.seed), None)
     if first is not None:  # the re-made model, where the run would have put it
@@ -188,32 +191,43 @@ def find(target: str, store: Store, remote: Remote | None) -> Found:
 
 
 def _local(digest: str, store: Store) -> Found | None:
+    """The first successful run that made an output, or a record, or the first successful
+    run of a run key: a later re-run (reproduce's and verify's own) never becomes what a
+    target is compared with."""
     records = store.records
     if digest.startswith("sha256:"):
         known = store.blobs.by_sha256(digest)
         if known is None:
             return None
         digest = known
-    made = []
-    for rec in records.producing(digest):  # an output: its latest successful run
+    made = _succeeded(store, records.producing(digest))
+    if made:
+        return Found(*min(made, key=lambda m: m[1].started), "local")
+    # a run key or a record digest (a sha256 names an output only)
+    named = None if digest.startswith("sha256:") else records.find(digest)
+    if named is None:
+        return None
+    record = records.get(named)
+    if digest == named:
+        return Found(named, record, "local")
+    if digest != record.run_key:
+        return None
+    runs = [(d, r) for d, r in _succeeded(store, records.of_recipe(record.recipe.name))
+            if r.run_key == digest] or [(named, record)]
+    return Found(*min(runs, key=lambda m: m[1].started), "local")
+
+
+def _succeeded(store: Store, digests: list[str]) -> list[tuple[str, RunRecord]]:
+    found = []
+    for digest in digests:
         try:
-            made.append((rec, records.get(rec)))
+            record = store.records.get(digest)
         except StoreError as exc:
             log.warning("%s", exc.message)
-    made = [(d, r) for d, r in made if r.succeeded]
-    if made:
-        rec, record = max(made, key=lambda m: m[1].started)
-        return Found(rec, record, "local")
-    if digest.startswith("sha256:"):
-        return None
-    named = records.find(digest)  # a run key or a record digest
-    if named is None or digest not in (named, _key_of(store, named)):
-        return None
-    return Found(named, records.get(named), "local")
-
-
-def _key_of(store: Store, record_digest: str) -> str:
-    return store.records.get(record_digest).run_key
+            continue
+        if record.succeeded:
+            found.append((digest, record))
+    return found
 
 
 def _remote(digest: str, remote: Remote) -> Found | None:

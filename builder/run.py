@@ -103,6 +103,11 @@ def resolve_params(recipe: Recipe, overrides: Sequence[str]) -> dict[str, Any]:
     return declared
 
 
+def as_overrides(params: dict[str, Any]) -> list[str]:
+    """`key=value` overrides that `resolve_params` reads back as these params."""
+    return [f"{name}={_render(value)}" for name, value in sorted(params.items())]
+
+
 def _parse_like(current: Any, text: str, name: str) -> Any:
     import math  # noqa: PLC0415
 

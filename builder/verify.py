@@ -219,9 +219,12 @@ def _baseline(project: Project, against: str | None) -> tuple[Baseline, str]:
 
 def verify(project: Project, runner: Runner, *, against: str | None = None,
            seeds: int | None = None, timings: dict[str, float] | None = None,
-           note: str = "") -> Verification:
+           note: str = "", seed: int | None = None,
+           params: Sequence[str] = ()) -> Verification:
     """Re-run the recipe without the cache and compare it with its baseline (or a run).
 
+    seed, params: re-run this seed with these `key=value` params (reproduce: the run's own,
+        which `repro run --seed/--param` may have set apart from the recipe's).
     timings: wall seconds of phases before this one (reproduce's fetch), kept in the report
         beside the environment, training and comparison this measures.
     note: a line for the report about what it was compared with.
@@ -261,14 +264,15 @@ def verify(project: Project, runner: Runner, *, against: str | None = None,
         to_run = (train_seeds + list(range(max(train_seeds) + 1,
                                            max(train_seeds) + 1 + count)))[:count]
     else:
-        to_run = train_seeds[:1]
+        to_run = [seed] if seed is not None else train_seeds[:1]
     started = dt.datetime.now(dt.UTC)
     clock = time.perf_counter()
     results = []
-    for seed in to_run:
-        log.info("Verifying %s: re-running seed %d without the cache", recipe.name, seed)
+    for one in to_run:
+        log.info("Verifying %s: re-running seed %d without the cache", recipe.name, one)
         # a re-run leaves the project's working outputs alone: it is compared from the store
-        results.append(run.run(project, runner, seed=seed, use_cache=False, place=False))
+        results.append(run.run(project, runner, seed=one, params=params, use_cache=False,
+                               place=False))
     phases["training"] = round(time.perf_counter() - clock, 3)
     clock = time.perf_counter()
     records = [r.record for r in results]

@@ -346,12 +346,13 @@ def test_remote_ls_lists_and_rm_removes_what_is_older(
           env=store(tmp_path, "a"))
     listed = repro("remote", "ls", "--remote", registry.remote, "--json", cwd=project)
     assert listed.code == 0, listed.err
-    assert len(listed.json["run"]) == 1 and len(listed.json["out"]) == 2
+    # the model by BLAKE3 and sha256, and the record by its digest
+    assert len(listed.json["run"]) == 1 and len(listed.json["out"]) == 3
     kept = repro("remote", "rm", "--older-than", "1", "--remote", registry.remote, "--json")
     assert kept.json["removed"] == []
     gone = repro("remote", "rm", "--older-than", "0", "--remote", registry.remote, "--json")
     assert gone.code == 0, gone.err
-    assert len(gone.json["removed"]) == 3
+    assert len(gone.json["removed"]) == 4
     assert registry.tags() == []
 
 

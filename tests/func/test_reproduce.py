@@ -216,6 +216,34 @@ def test_a_reproduction_whose_output_moved_is_drifted_and_names_the_output(
     same = reproduce(model, tmp_path / "one", home(tmp_path, "b", SALT="one"), cache, public)
     assert same.code == 0, same.err
     assert same.json["verdict"] == "reproduced"
+    # the drifted re-run is recorded under the same run key here, but what a later reproduce
+    # compares with is still the run that was pushed, never this machine's own re-run
+    again = reproduce(a["run_key"], tmp_path / "three", home(tmp_path, "b", SALT="two"), cache,
+                      public)
+    assert again.code == 1, again.err
+    assert (again.json["record"], again.json["verdict"]) == (a["record"], "drifted")
+    # a record digest finds its run on a fresh machine too (pushed as out-<record hex>)
+    by_record = reproduce(a["record"], tmp_path / "four", home(tmp_path, "c", SALT="one"),
+                          cache, public)
+    assert by_record.code == 0, by_record.err
+    assert (by_record.json["found"], by_record.json["record"]) == (cache.remote, a["record"])
+
+
+def test_a_run_made_with_another_seed_and_params_is_remade_with_them(
+        project: Path, tmp_path: Path, cache: Registry, key: tuple[Path, str]) -> None:
+    private, public = key
+    committed(project)
+    a = pushed(project, home(tmp_path, "a"), cache, private, "--seed", "9", "--param",
+               "lr=0.25")
+    assert (a["seed"], a["params"]["lr"]) == (9, 0.25)
+    done = reproduce(a["outputs"][0]["digest"], tmp_path / "out", home(tmp_path, "b"), cache,
+                     public)
+    assert done.code == 0, done.err
+    assert done.json["verdict"] == "reproduced"
+    assert done.json["verification"]["runs"][0]["seed"] == 9
+    assert done.json["verification"]["runs"][0]["run_key"] == a["run_key"]
+    [out] = done.json["outputs"]
+    assert out["remade"] == out["expected"] == a["outputs"][0]["digest"]
 
 
 def test_a_statistical_recipe_is_reproduced_against_its_pushed_baseline(
