@@ -23,9 +23,10 @@ import logging
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import IO, BinaryIO, NamedTuple
 
 import blake3
 
@@ -36,8 +37,33 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 
 
+SLOWEST = 16 << 10  # bytes a second, after the first minute: slower is a stalled download
+GRACE = 60.0  # seconds a download may take before SLOWEST applies
+
+
 class CorruptBlob(StoreError):
     """A blob's bytes no longer match its name; it was quarantined."""
+
+
+class Stalled(Exception):  # not an OSError: a stalled download is not retried
+    """A download arrived slower than SLOWEST after GRACE seconds."""
+
+
+def arriving(stream: IO[bytes]) -> Iterator[bytes]:
+    """A download's chunks as they arrive (up to 1 MiB each, whatever the network gives: a
+    server that trickles a byte a second is seen at once, not after 1 MiB of it).
+
+    Raises:
+        Stalled: slower than SLOWEST bytes a second, counted from the start, after GRACE.
+    """
+    read = getattr(stream, "read1", None) or stream.read
+    start, got = time.monotonic(), 0
+    while chunk := read(CHUNK):
+        got += len(chunk)
+        elapsed = time.monotonic() - start
+        if elapsed > GRACE and got < (elapsed - GRACE) * SLOWEST:
+            raise Stalled(f"{got} bytes in {elapsed:.0f}s: slower than {SLOWEST >> 10} KiB/s")
+        yield chunk
 
 
 class Stored(NamedTuple):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import logging
+import shutil
 import time
 import urllib.error
 import urllib.request
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from builder import __version__, hashing
-from builder.blobs import CorruptBlob
+from builder.blobs import CorruptBlob, Stalled, arriving
 from builder.errors import FetchError, InputError
 from builder.recipe import DataInput, Recipe
 from builder.store import Store
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 TIMEOUT = 30  # seconds without a byte before a connection is given up
 ATTEMPTS = 3
+ROOM_CHECK = 256 << 20  # bytes between looks at the disk's free space
+KEEP_FREE = 1 << 30  # a fetch stops before the store's disk has less than this left
 EXTRAS = {"s3": ("s3fs", "s3"), "gs": ("gcsfs", "gcs")}
 
 
@@ -87,7 +90,9 @@ def fetch(store: Store, recipe: Recipe, entry: DataInput) -> str:
             with _open(entry.url, where) as (stream, size), \
                     store.blobs.writer(sha256=True) as w, \
                     progress(f"Fetching data.{entry.name}", size, unit="bytes") as advance:
-                while chunk := stream.read(CHUNK):
+                for chunk in arriving(stream):
+                    if w.size // ROOM_CHECK != (w.size + len(chunk)) // ROOM_CHECK:
+                        _room_left(store, w.size + len(chunk), f"{where}: {entry.url}")
                     w.write(chunk)
                     advance(len(chunk))
                 if size is not None and w.size < size:
@@ -99,8 +104,13 @@ def fetch(store: Store, recipe: Recipe, entry: DataInput) -> str:
                         f"({got.sha256}), not the declared {entry.digest}; nothing was stored",
                         hint="the file at that URL is not the one the recipe names: if the "
                              f"new bytes are meant, set data.{entry.name}.digest to one of "
-                             "those digests (a new run key); else find the file it means")
+                             "those digests (a new run key); else find the file it means "
+                             f"(reproducing a run: give it with --data {entry.name}=PATH)")
             return got.digest
+        except Stalled as exc:  # not retried: a server that slow stays that slow
+            raise FetchError(f"{where}: {entry.url} arrives too slowly ({exc}); given up, "
+                             "nothing was stored",
+                             hint="try again later, or give a local copy of the file") from exc
         except (OSError, http.client.HTTPException) as exc:
             if not _worth_retrying(exc) or attempt == ATTEMPTS:
                 raise FetchError(f"{where}: fetching {entry.url} failed: {_said(exc)}; nothing "
@@ -110,6 +120,20 @@ def fetch(store: Store, recipe: Recipe, entry: DataInput) -> str:
             log.warning("fetching %s failed (%s); trying again", entry.url, _said(exc))
             time.sleep(0.5 * 2 ** (attempt - 1))
     raise AssertionError("unreachable")  # the last attempt returns or raises
+
+
+def _room_left(store: Store, size: int, what: str) -> None:
+    """
+    Raises:
+        FetchError: the store's disk has less than KEEP_FREE left (a server that never ends
+            its body, or a file bigger than the disk).
+    """
+    free = shutil.disk_usage(store.root).free
+    if free < KEEP_FREE:
+        raise FetchError(f"{what}: {size >> 20} MiB arrived and the store's disk has "
+                         f"{free >> 20} MiB left; given up, nothing was stored",
+                         hint=f"free space on {store.root}'s disk, or check that the URL "
+                              "serves the file the recipe means")
 
 
 @contextlib.contextmanager

@@ -27,13 +27,13 @@ import http.client
 import json
 import logging
 import re
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from builder import hashing, signing
+from builder.blobs import Stalled, arriving
 from builder.config import RemoteSettings, user_config
 from builder.errors import CheckFailed, InputError, RegistryError, StoreError
 from builder.registry import MAX_DOCUMENT, Registry
@@ -75,7 +75,6 @@ _URL = re.compile(r"(?P<host>[a-z0-9]+(?:[.-][a-z0-9]+)*(?::\d+)?|\[::1\](?::\d+
                   r"/(?P<repo>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
                   r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)")
 CHUNK = 1 << 20
-SLOWEST = 16 << 10  # bytes a second, after the first minute: slower is a stalled download
 
 
 class Untrusted(CheckFailed):
@@ -308,16 +307,16 @@ class Remote:
             with self.client.blob_stream(self.repo, sha) as body, \
                     blobs.writer(sha256=True) as w, \
                     progress(f"Pulling {sha[7:19]}", size, unit="bytes") as advance:
-                start = time.monotonic()
-                while chunk := body.read(CHUNK):
-                    if time.monotonic() - start > 60 + w.size / SLOWEST:
-                        raise RegistryError(f"{self.url}: blob {sha} arrives slower than "
-                                            f"{SLOWEST >> 10} KiB/s; given up, nothing stored")
-                    if w.size + len(chunk) > size:
-                        raise RegistryError(f"{self.url}: blob {sha} is longer than its "
-                                            f"{size} bytes; nothing was stored")
-                    w.write(chunk)
-                    advance(len(chunk))
+                try:
+                    for chunk in arriving(body):
+                        if w.size + len(chunk) > size:
+                            raise RegistryError(f"{self.url}: blob {sha} is longer than its "
+                                                f"{size} bytes; nothing was stored")
+                        w.write(chunk)
+                        advance(len(chunk))
+                except Stalled as exc:
+                    raise RegistryError(f"{self.url}: blob {sha} arrives too slowly ({exc}); "
+                                        "given up, nothing stored") from exc
                 if w.size < size:  # the connection closed early: worth another try
                     raise http.client.IncompleteRead(b"", size - w.size)
                 got = w.stored()

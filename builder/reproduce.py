@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 _BLAKE3 = re.compile(r"(blake3:)?[0-9a-f]{64}")
+_PREFIX = re.compile(r"(blake3:)?[0-9a-f]{8,63}")
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def reproduce(target: str, *, store: Store, remote: Remote | None, folder: Path 
 
     clock = time.perf_counter()
     if folder is not None:
-        _usable(folder)  # before anything is fetched
+        _usable(folder, store)  # before anything is fetched
     found = find(target, store, remote)
     record = found.record
     if not record.succeeded:
@@ -122,7 +123,7 @@ def reproduce(target: str, *, store: Store, remote: Remote | None, folder: Path 
              "in the store" if found.where == "local" else f"on {found.where}")
     manifest = _manifest(found, remote)
     assert remote is not None  # noqa: S101  (_manifest needs one)
-    root = _new_folder(folder, record)
+    root = _new_folder(folder, record, store)
     recipe_path = place(remote, store, record, manifest, root, supplied or {})
     recipe = load_recipe(recipe_path)
     fetched = round(time.perf_counter() - clock, 3)
@@ -162,6 +163,10 @@ def find(target: str, store: Store, remote: Remote | None) -> Found:
         InputError: the target is none of the forms. NothingMatches: no run matches it.
     """
     path = Path(target)
+    tagged = None if path.exists() else \
+        re.fullmatch(r"(?:run|out)-(sha256-)?([0-9a-f]{64})", target)  # `remote ls` names
+    if tagged:
+        target = ("sha256:" if tagged.group(1) else hashing.PREFIX) + tagged.group(2)
     if path.is_file():
         digests, what = [hashing.file_digest(path)], f"the file {target}"
     elif _SHA256.fullmatch(target):
@@ -169,8 +174,18 @@ def find(target: str, store: Store, remote: Remote | None) -> Found:
     elif _BLAKE3.fullmatch(target):
         digests = [hashing.PREFIX + target.removeprefix(hashing.PREFIX)]
         what = f"{digests[0]} (an output, run key or record digest)"
+    elif _PREFIX.fullmatch(target):
+        named = store.records.find(target)  # a run key or record prefix, as `repro runs` shows
+        if named is None:
+            raise NothingMatches(f"no run or record in {store.root} starts with {target}",
+                                 hint="give the whole digest (blake3:…) to ask the remote too")
+        key = store.records.get(named).run_key
+        whole = key if key.removeprefix(hashing.PREFIX).startswith(
+            target.removeprefix(hashing.PREFIX)) else named  # a run key's: its first record
+        digests, what = [whole], f"{whole} ({target})"
     elif path.exists():
-        raise InputError(f"{target} is a folder; reproduce takes a model file",
+        raise InputError(f"{target} is {'a folder' if path.is_dir() else 'not a regular file'}"
+                         "; reproduce takes a model file",
                          hint="give the file a run made, or its digest")
     else:
         raise InputError(f"{target} is not a file, an output digest (blake3:… or sha256:…), "
@@ -265,24 +280,42 @@ def _manifest(found: Found, remote: Remote | None) -> dict[str, Any]:
 
 
 # -- place --------------------------------------------------------------------------------
-def _new_folder(folder: Path | None, record: RunRecord) -> Path:
+def _new_folder(folder: Path | None, record: RunRecord, store: Store) -> Path:
     """The folder to re-make the run in: absent or empty (never over anything), or a new
-    temp folder."""
+    temp folder.
+
+    Raises:
+        InputError: it is not usable, or cannot be made.
+    """
     if folder is None:
         return Path(tempfile.mkdtemp(prefix=f"repro-reproduce-{record.recipe.name}-"))
-    _usable(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    _usable(folder, store)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"-o {folder}: cannot make it: {exc.strerror or exc}",
+                         hint="give a new or empty folder you can write to") from exc
     return folder.resolve()
 
 
-def _usable(folder: Path) -> None:
+def _usable(folder: Path, store: Store) -> None:
     """
     Raises:
-        InputError: `folder` exists and is not an empty folder.
+        InputError: `folder` exists and is not an empty folder, is a link to nowhere, or is
+            in the store (or holds it): gc and `cache verify --repair` would remove it.
     """
+    if folder.is_symlink() and not folder.exists():
+        raise InputError(f"-o {folder}: a symbolic link to {os.readlink(folder)}, which does "
+                         "not exist", hint="give a new or empty folder, or make the link's "
+                                           "target first")
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise InputError(f"-o {folder}: not an empty folder; reproduce writes a whole project "
                          "and never over anything", hint="give a new or empty folder")
+    where, home = folder.resolve(), store.root.resolve()
+    if where.is_relative_to(home) or home.is_relative_to(where):
+        raise InputError(f"-o {folder}: inside the store {home} (or holding it); the store "
+                         "keeps only what it names by digest, and would remove the project",
+                         hint="give a folder outside REPRO_HOME")
 
 
 def _layers(manifest: dict[str, Any], role: str) -> list[dict[str, Any]]:
@@ -301,6 +334,10 @@ def place(remote: Remote, store: Store, record: RunRecord, manifest: dict[str, A
     from builder.remote import TITLE, Moved  # noqa: PLC0415
 
     key = record.run_key
+    unknown = sorted(set(supplied) - set(record.data))
+    if unknown:
+        raise InputError(f"--data {unknown[0]}: run {key} has no data input of that name",
+                         hint="its data inputs: " + (", ".join(sorted(record.data)) or "none"))
     left_out = ", ".join(
         str((manifest.get("annotations") or {}).get("dev.repro.left-out", "")).split(","))
     code = _layers(manifest, "code")
@@ -310,7 +347,12 @@ def place(remote: Remote, store: Store, record: RunRecord, manifest: dict[str, A
                              "the run)" if left_out else ""),
                           hint="push it again from a checkout of the commit it was made from")
     moved = Moved()
-    remote.pull_run(key, moved=moved)  # the record and outputs, indexed: what bitwise compares
+    try:  # the record and outputs, indexed: what bitwise compares
+        remote.pull_run(key, moved=moved)
+    except RegistryError as exc:
+        raise RegistryError(f"the record and outputs of run {key} could not be fetched: "
+                            f"{exc.message}",
+                            hint=exc.hint or "push the run again from its project") from exc
     depth = _depth(record)
     root = folder.joinpath(*["project"] * depth)
     root.mkdir(parents=True, exist_ok=True)
@@ -338,12 +380,11 @@ def place(remote: Remote, store: Store, record: RunRecord, manifest: dict[str, A
                               hint="declare data inside the project, or by url and digest")
         if name in supplied:
             _copy_supplied(name, facts.digest, supplied[name], dest)
+            if name in urls:  # the run reads a URL input from the store: the copy goes there
+                store.blobs.put_file(supplied[name], facts.digest, sha256=True)
         elif name in data:
-            blob = _pull(remote, data[name], moved, f"data.{name} ({facts.path}) of run {key}")
-            if data[name].get("mediaType") == "application/vnd.repro.data.v1.tar+gzip":
-                _unpack(store, blob, dest, f"data.{name}")
-            else:
-                _write_blob(store, blob, dest)
+            _place_data(remote, store, data[name], dest, moved,
+                        f"data.{name} ({facts.path}) of run {key}", has_url=name in urls)
         elif name not in urls:
             raise MissingPart(f"data.{name} is not on {remote.url} (the run was pushed "
                               f"{'with --no-data' if 'data' in left_out else 'without it'}) "
@@ -355,6 +396,23 @@ def place(remote: Remote, store: Store, record: RunRecord, manifest: dict[str, A
              "fetched)", key[7:19], root, code_files, len(record.data), moved.blobs,
              moved.bytes)
     return recipe_path
+
+
+def _place_data(remote: Remote, store: Store, layer: dict[str, Any], dest: Path, moved: Moved,
+                what: str, *, has_url: bool) -> None:
+    """A pushed data input at `dest` (a folder from a tar); one the recipe names by URL is
+    left to be fetched from there when the remote fails to give it."""
+    try:
+        blob = _pull(remote, layer, moved, what)
+    except RegistryError as exc:
+        if not has_url:
+            raise
+        log.warning("%s; it is fetched from its URL instead", exc.message)
+        return
+    if layer.get("mediaType") == "application/vnd.repro.data.v1.tar+gzip":
+        _unpack(store, blob, dest, what)
+    else:
+        _write_blob(store, blob, dest)
 
 
 def _pull(remote: Remote, layer: dict[str, Any], moved: Moved, what: str) -> str:
@@ -424,6 +482,8 @@ def _copy_supplied(name: str, digest: str, source: Path, dest: Path) -> None:
         got = hashing.file_digest(source)
     elif source.is_dir():
         got = hashing.tree_digest(source, hashing.walk_files(source))
+    elif source.exists():
+        raise InputError(f"--data {name}={source}: not a regular file or folder")
     else:
         raise InputError(f"--data {name}={source}: no such file or folder")
     if got != digest:

@@ -197,8 +197,11 @@ def _answer(project: Project, key: str, *, say: bool = True) -> tuple[str, RunRe
 
 def run(project: Project, runner: Runner, *, seed: int | None = None,
         params: Sequence[str] = (), use_cache: bool = True, place: bool = True,
-        keep_sandbox: bool = False) -> RunResult:
+        keep_sandbox: bool = False, answers: bool = True) -> RunResult:
     """Answer from the store when a run with the same key succeeded; else train and record.
+
+    Without `answers` (verification re-runs), a new record answers its run key only where
+    no run did before: a re-run that drifted never replaces the answer it is compared with.
 
     Runs of one key wait for one another (the first trains, the others answer from the
     store); runs of other keys go on in parallel, each in its own sandbox. With `place`, the
@@ -222,7 +225,7 @@ def run(project: Project, runner: Runner, *, seed: int | None = None,
                 hit, source = project.remote.answer(p.key), "remote"
             if hit is None:
                 runner.prepare()
-                return _execute(p, runner, place=place, keep=keep_sandbox)
+                return _execute(p, runner, place=place, keep=keep_sandbox, answers=answers)
             if source == "local":
                 log.info("Another run of this key finished while this one waited")
     digest, record = hit
@@ -346,7 +349,8 @@ def _missing_hint(project: Project, tail: str) -> str:
             "git repository only tracked files count), or declare data under [data]")
 
 
-def _execute(p: Plan, runner: Runner, *, place: bool, keep: bool) -> RunResult:
+def _execute(p: Plan, runner: Runner, *, place: bool, keep: bool,
+             answers: bool = True) -> RunResult:
     from builder.sandbox import from_file, placeable, read_output, sandbox  # noqa: PLC0415
     from builder.sandbox import place as put  # noqa: PLC0415
 
@@ -423,7 +427,7 @@ def _execute(p: Plan, runner: Runner, *, place: bool, keep: bool) -> RunResult:
         outputs = tuple(Output(out, s.digest, s.size) for out, s in stored.items())
         record = _with(record, outputs=outputs, metrics=metrics)
         objects = {o.path: str(store.blobs.path(o.digest)) for o in outputs}
-        digest = store.records.add(record)
+        digest = store.records.add(record, answers=answers)
         if place and box.level != "off":
             placed = [(o.path, made[o.path]) for o in outputs]
             if metrics_file is not None and train.metrics:

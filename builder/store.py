@@ -233,14 +233,15 @@ class Records:
         self.root = root
         self.blobs = blobs
 
-    def add(self, record: RunRecord) -> str:
-        """Store a record and index it; only a success answers its run key."""
+    def add(self, record: RunRecord, *, answers: bool = True) -> str:
+        """Store a record and index it; only a success answers its run key (without
+        `answers`, only where no record does yet)."""
         digest = self.blobs.put(record.encode())
         faults.point("record-stored")
-        self.index(digest, record)
+        self.index(digest, record, answers=answers)
         return digest
 
-    def index(self, digest: str, record: RunRecord) -> None:
+    def index(self, digest: str, record: RunRecord, *, answers: bool = True) -> None:
         """Index a stored record (one pulled from a remote, or just added)."""
         h = _hex(digest)
         _touch(self.root / "by-recipe" / record.recipe.name / h)
@@ -251,6 +252,8 @@ class Records:
                     folder.unlink()
                 _touch(folder / h)
             pointer = self.root / "runs" / _hex(record.run_key)
+            if not answers and pointer.is_file() and not pointer.is_symlink():
+                return  # a verification's re-run: the answer it was compared with stays
             if pointer.is_dir() and not pointer.is_symlink():  # damaged: a folder in its place
                 remove_tree(pointer)
             atomic_write(pointer, digest.encode())

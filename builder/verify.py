@@ -272,7 +272,7 @@ def verify(project: Project, runner: Runner, *, against: str | None = None,
         log.info("Verifying %s: re-running seed %d without the cache", recipe.name, one)
         # a re-run leaves the project's working outputs alone: it is compared from the store
         results.append(run.run(project, runner, seed=one, params=params, use_cache=False,
-                               place=False))
+                               place=False, answers=False))
     phases["training"] = round(time.perf_counter() - clock, 3)
     clock = time.perf_counter()
     records = [r.record for r in results]

@@ -151,6 +151,9 @@ def reproduce_cmd(recipe: str | None, machine: Any, offline: bool, target: str,
     from builder import report  # noqa: PLC0415
     from builder.reproduce import reproduce  # noqa: PLC0415
 
+    if folder == "":
+        raise click.BadParameter("is empty; leave -o out for a new temp folder",
+                                 param_hint="-o")
     supplied = {}
     for item in data:
         name, sep, path = item.partition("=")

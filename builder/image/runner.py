@@ -90,10 +90,12 @@ class ImageRunner:
         python = self.image.python
         if argv and argv[0] in ("python", "python3") and python:
             argv = [python, *argv[1:]]
-        runroot = Path(tempfile.mkdtemp(prefix="repro-bh-"))  # kept short: storage limits it
+        # kept short (storage limits it) and hex only: buildah names the image after the
+        # layout's path and refuses capitals, a leading or trailing `_` and `___` in a name,
+        # so a store under /home/Alice is reached through a link in this folder
+        runroot = Path(tempfile.gettempdir()) / f"repro-bh-{os.urandom(6).hex()}"
+        runroot.mkdir(mode=0o700)
         try:
-            # buildah names the image after the layout's path, and refuses capitals in a
-            # name: a store under /home/Alice is reached through a lower-case link
             layout = runroot / "layout"
             layout.symlink_to(self.image.layout)
             ctr = self._buildah(runroot, "from", "--quiet", "--isolation", "chroot",

@@ -212,6 +212,11 @@ def test_a_reproduction_whose_output_moved_is_drifted_and_names_the_output(
     assert (moved["path"], moved["identical"], moved["expected"]) == ("model.npz", False, model)
     assert moved["detail"].startswith("bytes differ")
     assert (tmp_path / "two" / "model.npz").read_text() == "seed 7, salt two"
+    # the drifted re-run is kept as a record, but the run key still answers with the model
+    # that was pushed: a reproduction never changes what the cache serves
+    served = repro("run", "--json", cwd=tmp_path / "two", env=home(tmp_path, "b", SALT="two"))
+    assert served.code == 0, served.err
+    assert (served.json["cached"], served.json["outputs"][0]["digest"]) == (True, model)
 
     same = reproduce(model, tmp_path / "one", home(tmp_path, "b", SALT="one"), cache, public)
     assert same.code == 0, same.err
@@ -369,6 +374,43 @@ def test_a_url_input_is_fetched_once_checked_cached_and_keyed_by_its_content(
         assert hashing.digest_bytes(other) in message
         assert "sha256:" + hashlib.sha256(other).hexdigest() in message
         assert not (tmp_path / "store-t" / "runs").exists()
+
+        # a copy given with --data stands in for the URL (which now serves other bytes)
+        asked.clear()
+        given = tmp_path / "copy.csv"
+        given.write_bytes(data)
+        supplied = reproduce(local.json["outputs"][0]["digest"], tmp_path / "given",
+                             home(tmp_path, "u"), cache, public, "--data", f"train={given}")
+        assert supplied.code == 0, supplied.err
+        assert (supplied.json["verdict"], asked) == ("reproduced", [])
+        unknown = reproduce(local.json["outputs"][0]["digest"], tmp_path / "unknown",
+                            home(tmp_path, "u"), cache, public, "--data", f"tran={given}")
+        assert unknown.code == 2
+        assert "--data tran: run" in unknown.json["error"]["message"]
+        assert "its data inputs: train" in unknown.json["error"]["hint"]
+
+
+def test_a_fetch_that_would_fill_the_disk_is_given_up_and_stores_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from builder import download
+    from builder.errors import FetchError
+    from builder.schema import parse_recipe
+    from builder.store import Store
+
+    served = tmp_path / "www"
+    served.mkdir()
+    (served / "big.bin").write_bytes(b"z" * (3 << 20))
+    store = Store.open(tmp_path / "store")
+    monkeypatch.setattr(download, "ROOM_CHECK", 1 << 20)  # look every MiB
+    monkeypatch.setattr(download, "KEEP_FREE", 1 << 62)  # and no disk has that much left
+    with files_served(served) as (url, _):
+        recipe = parse_recipe('[recipe]\nname = "d"\nschema = 1\n[environment]\n'
+                              f'python = "3.11"\n[data]\nbig = {{ url = "{url}/big.bin", '
+                              f'digest = "{"sha256:" + "0" * 64}" }}\n', tmp_path / "r.toml")
+        with pytest.raises(FetchError, match=r"data\.big: .*/big\.bin: 1 MiB arrived and the "
+                                             r"store's disk has \d+ MiB left; given up"):
+            download.fetch(store, recipe, recipe.data[0])
+    assert not [p for p in (store.root / "objects").rglob("*") if p.is_file()]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("moto") is None

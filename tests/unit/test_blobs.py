@@ -69,3 +69,25 @@ def test_storing_again_replaces_a_damaged_blob(blobs: Blobs, tmp_path: Path) -> 
     assert blobs.put_file(source).digest == digest
     assert blobs.verify(digest)
     assert blobs.get(digest) == source.read_bytes()
+
+
+def test_a_download_that_trickles_is_given_up_once_past_its_grace(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from builder import blobs as module
+
+    clock = iter(range(0, 10**6, 10))  # each look at the clock: 10 more seconds
+
+    class Trickle:
+        def read1(self, n: int) -> bytes:
+            return b"x"  # a byte a read, for ever
+
+    monkeypatch.setattr(module, "time", SimpleNamespace(monotonic=lambda: float(next(clock))))
+    seen = []
+    with pytest.raises(module.Stalled, match="slower than 16 KiB/s"):
+        for chunk in module.arriving(Trickle()):  # type: ignore[arg-type]
+            seen.append(chunk)
+    assert len(seen) == module.GRACE // 10  # served until the grace ran out, then given up
+    fast = io.BytesIO(b"y" * (3 << 20))  # no read1: read() in 1 MiB chunks
+    assert [len(c) for c in module.arriving(fast)] == [1 << 20] * 3

@@ -140,3 +140,56 @@ def test_reproduce_refuses_a_folder_that_is_not_empty_before_looking(
     code, _, err = run(capsys, "reproduce", B3)
     assert code == 1
     assert err.startswith(f"error: no recorded run made or is {B3}")
+
+
+def test_reproduce_refuses_a_folder_in_the_store_a_dangling_link_and_an_unmakeable_path(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    home = Path(os.environ["REPRO_HOME"])
+    Store.open(home)
+    code, _, err = run(capsys, "reproduce", B3, "-o", str(home / "objects" / "x"))
+    assert code == 2, err
+    assert f"inside the store {home.resolve()}" in err
+    assert "hint: give a folder outside REPRO_HOME" in err
+    assert not (home / "objects" / "x").exists()
+    code, _, err = run(capsys, "reproduce", B3, "-o", str(home.parent))  # holds the store
+    assert code == 2, err
+    dangling = tmp_path / "link"
+    dangling.symlink_to(tmp_path / "nowhere")
+    code, _, err = run(capsys, "reproduce", B3, "-o", str(dangling))
+    assert code == 2, err
+    assert f"a symbolic link to {tmp_path / 'nowhere'}, which does not exist" in err
+    code, _, err = run(capsys, "reproduce", B3, "-o", "")
+    assert code == 2 and "is empty; leave -o out" in err
+
+
+def test_a_target_may_be_a_remote_tag_or_a_prefix_and_a_device_is_not_a_folder(
+        tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "store")
+    with pytest.raises(NothingMatches, match=f"no recorded run made or is {B3} "):
+        find("run-" + B3.removeprefix("blake3:"), store, None)
+    with pytest.raises(NothingMatches, match=f"no recorded run made or is output {SHA}"):
+        find("out-sha256-" + SHA.removeprefix("sha256:"), store, None)
+    with pytest.raises(NothingMatches, match=r"no run or record in .* starts with 97d6293d064e"
+                                             r"(?s:.*)give the whole digest"):
+        find("97d6293d064e", store, None)
+    with pytest.raises(InputError, match="/dev/null is not a regular file; reproduce takes a "
+                                         "model file"):
+        find("/dev/null", store, None)
+
+
+def test_a_run_key_prefix_finds_the_first_run_of_the_key_not_a_later_re_run(
+        tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    store = Store.open(tmp_path / "store")
+    first = RunRecord.decode(FIXTURE.read_bytes())
+    again = replace(first, started="2099-01-01T00:00:00Z")  # a re-run: the key points at it
+    digests = [store.records.add(first), store.records.add(again)]
+    assert store.records.for_key(first.run_key) == digests[1]
+    prefix = first.run_key.removeprefix("blake3:")[:12]
+    for target in (prefix, first.run_key, "run-" + first.run_key.removeprefix("blake3:")):
+        found = find(target, store, None)
+        assert (found.record_digest, found.where) == (digests[0], "local")
+    assert find(digests[1][:19], store, None).record_digest == digests[1]  # a record's own
