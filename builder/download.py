@@ -110,13 +110,15 @@ def fetch(store: Store, recipe: Recipe, entry: DataInput) -> str:
         except Stalled as exc:  # not retried: a server that slow stays that slow
             raise FetchError(f"{where}: {entry.url} arrives too slowly ({exc}); given up, "
                              "nothing was stored",
-                             hint="try again later, or give a local copy of the file") from exc
+                             hint="try again later, or give a local copy of the file "
+                                  f"(reproducing a run: --data {entry.name}=PATH)") from exc
         except (OSError, http.client.HTTPException) as exc:
             if not _worth_retrying(exc) or attempt == ATTEMPTS:
                 raise FetchError(f"{where}: fetching {entry.url} failed: {_said(exc)}; nothing "
                                  "was stored", hint="check the URL and the network (the "
                                                     "recipe's digest says which bytes to "
-                                                    "expect)") from exc
+                                                    "expect); reproducing a run, give a "
+                                                    f"copy: --data {entry.name}=PATH") from exc
             log.warning("fetching %s failed (%s); trying again", entry.url, _said(exc))
             time.sleep(0.5 * 2 ** (attempt - 1))
     raise AssertionError("unreachable")  # the last attempt returns or raises

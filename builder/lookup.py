@@ -45,11 +45,19 @@ class Found:
 def summary(store: Store, digest: str, record: RunRecord | None = None) -> dict[str, Any]:
     """The part of a record a listing shows, with where each output lies in the store."""
     r = record or store.records.get(digest)
+    try:
+        answer = store.records.for_key(r.run_key) if r.succeeded else None
+    except StoreError:  # a damaged pointer answers nothing
+        answer = None
     return {
         "record": digest,
         "run_key": r.run_key,
         "recipe": r.recipe.name,
         "status": "succeeded" if r.succeeded else "failed",
+        # what the cache serves for the key: False for a verification's re-run, or a run
+        # whose env was found tampered (its answer dropped)
+        "answers": answer == digest,
+        "answered_by": answer,
         "seed": r.seed,
         "params": r.params,
         "started": r.started,
@@ -155,14 +163,16 @@ def runs_of(recipe: Recipe, *, store: Store) -> list[dict[str, Any]]:
 def show(
     ref: str | None, *, store: Store, recipe_hint: str | None = None
 ) -> tuple[str, RunRecord]:
-    """A whole record, from a run key or record digest (or the recipe's latest run).
+    """A whole record, from a run key or record digest (or the recipe's latest run: a
+    verification's re-run, which the cache never serves, is not a run of the recipe's own).
 
     Raises:
         InputError: nothing in the store matches.
     """
     if ref is None:
         recipe = Project.open(recipe_hint, store=store).recipe
-        rows = runs_of(recipe, store=store)
+        rows = [r for r in runs_of(recipe, store=store)
+                if r["answers"] or r["status"] == "failed"]
         if not rows:
             raise InputError(f"{recipe.name} has no recorded runs", hint="run `repro run` first")
         ref = rows[-1]["record"]

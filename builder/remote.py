@@ -344,10 +344,20 @@ class Remote:
 
         Raises:
             RegistryError: the remote refused or failed.
-            InputError: the run failed (only successes are shared).
+            InputError: the run failed, or another record answers its key here (only what
+                the store serves is shared).
         """
         if not record.succeeded:
             raise InputError(f"run {record.run_key} failed; only successful runs are pushed")
+        answer = self.store.records.for_key(record.run_key)
+        if answer != digest:
+            raise InputError(
+                f"record {digest} of run {record.run_key[7:19]} is not what this store serves "
+                "for its key (" + (f"record {answer} is: this one is a verification's "
+                                   "re-run" if answer else "nothing is: its env was found "
+                                   "tampered") + "); pushing it would re-point the remote's "
+                "run tag", hint=f"push the key's answer (`repro push {record.run_key[7:19]}`)"
+                if answer else "run the recipe again, then push")
         moved = Moved()
         layers = [self._bytes_layer(self.store.blobs.get(digest), MEDIA["record"], moved,
                                     "the record", **{ROLE: "record"})]

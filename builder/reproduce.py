@@ -34,7 +34,7 @@ from builder import hashing, proc, run
 from builder.errors import InputError, MissingPart, NothingMatches, RegistryError, StoreError
 from builder.records import RunRecord
 from builder.resolve import NO_MACHINE_SOURCES, MachineSources
-from builder.store import Store
+from builder.store import Store, remove_tree
 from builder.verdicts import OutputCheck, Verification
 
 if TYPE_CHECKING:
@@ -123,8 +123,13 @@ def reproduce(target: str, *, store: Store, remote: Remote | None, folder: Path 
              "in the store" if found.where == "local" else f"on {found.where}")
     manifest = _manifest(found, remote)
     assert remote is not None  # noqa: S101  (_manifest needs one)
+    existed = folder is not None and folder.exists()
     root = _new_folder(folder, record, store)
-    recipe_path = place(remote, store, record, manifest, root, supplied or {})
+    try:
+        recipe_path = place(remote, store, record, manifest, root, supplied or {})
+    except BaseException:  # a half-placed project is no use, and would block a retry
+        _clear(root, made=not existed)
+        raise
     recipe = load_recipe(recipe_path)
     fetched = round(time.perf_counter() - clock, 3)
 
@@ -296,6 +301,17 @@ def _new_folder(folder: Path | None, record: RunRecord, store: Store) -> Path:
         raise InputError(f"-o {folder}: cannot make it: {exc.strerror or exc}",
                          hint="give a new or empty folder you can write to") from exc
     return folder.resolve()
+
+
+def _clear(root: Path, *, made: bool) -> None:
+    """Empty a folder placement failed in (it was empty: `_usable` saw to that)."""
+    for child in root.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            remove_tree(child)
+        else:
+            child.unlink()
+    if made:
+        root.rmdir()
 
 
 def _usable(folder: Path, store: Store) -> None:

@@ -42,10 +42,12 @@ def _moved_line(verb: str, moved: Any, url: str) -> str:
 @_remote_flags
 def push_cmd(recipe: str | None, target: str | None, env: bool, every: bool, no_data: bool,
              remote: Any) -> None:
-    """Push a run (TARGET: a run key or record digest; default: the recipe's latest run) to
+    """Push a run (TARGET: a run key or record digest; default: the recipe's latest run the
+    store serves, never a verify or reproduce re-run) to
     the remote cache, signed with --sign-key: its record, outputs, data, recipe, lock and
     code, then its tags; or the recipe's environment (--env, or TARGET its env id). Exit 3
     when the remote fails."""
+    from builder.errors import InputError  # noqa: PLC0415
     from builder.lookup import runs_of, show  # noqa: PLC0415
     from builder.remote import Moved  # noqa: PLC0415
 
@@ -58,10 +60,16 @@ def push_cmd(recipe: str | None, target: str | None, env: bool, every: bool, no_
     total = Moved()
     if every:
         targets = [row["record"] for row in runs_of(project.recipe, store=store)
-                   if row["status"] == "succeeded"]
+                   if row["answers"]]
     elif env or (target and target.removeprefix("blake3:") ==
                  project.lock.env_id.removeprefix("blake3:")):
         targets, env = [], True
+    elif target is None:  # the latest run the store serves, never a verification's re-run
+        rows = [row for row in runs_of(project.recipe, store=store) if row["answers"]]
+        if not rows:
+            raise InputError(f"{project.recipe.name} has no successful run to push",
+                             hint="run `repro run` first")
+        targets = [rows[-1]["record"]]
     else:
         targets = [show(target, store=store, recipe_hint=recipe)[0]]
     for digest in targets:

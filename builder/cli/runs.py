@@ -77,6 +77,10 @@ def run_cmd(recipe: str | None, machine: Any, offline: bool, locked: bool, froze
               for o in r.outputs]
     if shared is not None:
         lines.append(f"  pushed   {shared.blobs} blobs ({shared.bytes} bytes) to {cache.url}")
+    elif push and cache is not None and result.source != "remote":
+        click.echo(f"warning: the run was not pushed: the remote {cache.url} failed "
+                   f"({cache.failed or 'see above'}); push it later with `repro push "
+                   f"{r.run_key[7:19]}`", err=True)
     _emit({**result.to_json(), **({"pushed": shared.to_json()} if shared else {})},
           "\n".join(lines))
 
@@ -114,6 +118,11 @@ def _run_lines(rows: list[dict[str, Any]]) -> list[str]:
         lines.append(f"{row['status']:<9} {row['started'][:19]}  key {row['run_key'][7:19]}  "
                      f"record {row['record'][7:19]}  seed {row['seed']}  "
                      f"{row['duration']:.2f}s  {metrics}")
+        if row["status"] == "succeeded" and not row["answers"]:
+            lines.append("          not served: " + (
+                f"a re-run (verify or reproduce); record {row['answered_by'][7:19]} answers "
+                "its key" if row["answered_by"] else "nothing answers its key (its env was "
+                                                     "found tampered)"))
         lines += [f"          {o['path']} -> {o['object']}" for o in row["outputs"]]
     return lines
 

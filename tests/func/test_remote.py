@@ -302,6 +302,12 @@ def test_retries_after_errors_and_a_push_cut_mid_upload_leaves_no_run(
         assert offline.code == 0, offline.err
         assert offline.json["source"] == "trained"
         assert "the remote" in offline.err and "training instead" in offline.err
+        # asked to push, and the remote is down: the run stands (exit 0), and says so
+        unpushed = repro("run", "--remote", remote, "--push", "--sign-key", private, "--json",
+                         cwd=checkout, env=store(tmp_path, "d"))
+        assert unpushed.code == 0, unpushed.err
+        assert "pushed" not in unpushed.json
+        assert "the run was not pushed" in unpushed.err and "repro push" in unpushed.err
         required = repro("run", "--no-cache", "--remote", remote, "--require-remote", "--push",
                          cwd=checkout, env=store(tmp_path, "d"))
         assert required.code == 3

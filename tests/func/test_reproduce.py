@@ -63,7 +63,7 @@ def reproduce(target: str | Path, where: Path, env: dict[str, str], cache: Regis
               public: str, *flags: str | Path) -> Result:
     """`repro reproduce` run from an empty folder (no copy of the project), into `where`."""
     empty = where.parent / f"{where.name}-cwd"
-    empty.mkdir(parents=True)
+    empty.mkdir(parents=True, exist_ok=True)
     return repro("reproduce", target, "--remote", cache.remote, "--trust", public, "-o", where,
                  "--json", *flags, cwd=empty, env=env)
 
@@ -160,7 +160,8 @@ def test_a_tampered_snapshot_is_refused_and_each_missing_part_is_named(
     assert wrong.json["error"]["message"] == (
         f"--data train={other} is {hashing.file_digest(other)}, not the "
         f"{hashing.file_digest(project / 'data/train.csv')} the run read")
-    given = reproduce(model, tmp_path / "given", home(tmp_path, "c"), cache, public,
+    assert not (tmp_path / "wrong-copy").exists()  # what was placed is gone: a retry fits
+    given = reproduce(model, tmp_path / "wrong-copy", home(tmp_path, "c"), cache, public,
                       "--data", f"train={project / 'data/train.csv'}")
     assert given.code == 0, given.err
     assert given.json["verdict"] == "reproduced"
@@ -217,6 +218,19 @@ def test_a_reproduction_whose_output_moved_is_drifted_and_names_the_output(
     served = repro("run", "--json", cwd=tmp_path / "two", env=home(tmp_path, "b", SALT="two"))
     assert served.code == 0, served.err
     assert (served.json["cached"], served.json["outputs"][0]["digest"]) == (True, model)
+    # nor what `show` and `push` take by default: the re-run is listed, marked, and a push
+    # of it by name is refused (it would re-point the remote's run tag)
+    b, two, rerun = home(tmp_path, "b", SALT="two"), tmp_path / "two", \
+        out["verification"]["runs"][0]["record"]
+    assert repro("show", "--json", cwd=two, env=b).json["record"] == a["record"]
+    listed = repro("runs", cwd=two, env=b)
+    assert f"not served: a re-run (verify or reproduce); record {a['record'][7:19]}" in listed.out
+    refused = repro("push", rerun, "--remote", cache.remote, "--sign-key", private, cwd=two,
+                    env=b)
+    assert refused.code == 2 and "a verification's re-run" in refused.err, refused.err
+    again_pushed = repro("push", "--remote", cache.remote, "--sign-key", private, "--json",
+                         cwd=two, env=b)
+    assert again_pushed.code == 0, again_pushed.err
 
     same = reproduce(model, tmp_path / "one", home(tmp_path, "b", SALT="one"), cache, public)
     assert same.code == 0, same.err
