@@ -153,6 +153,39 @@ def show_cmd(recipe: str | None, run: str | None) -> None:
     _emit({}, describe(digest, record))
 
 
+@cli.command("runbook")
+@_common
+@_sources
+@click.argument("target", required=False, metavar="[RECIPE|RUN]")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write it to FILE [default: stdout].")
+def runbook_cmd(recipe: str | None, machine: Any, offline: bool, target: str | None,
+                output: str | None) -> None:
+    """Write a Markdown runbook that takes a person on a fresh machine to a recorded model:
+    prerequisites, the commands (fenced sh blocks that run as written, in order), and the env
+    id, run key and output digests each step should give. TARGET: a recipe file or folder
+    (its latest run), or a run key or record digest (of the recipe given with -r, or here).
+    --find-links: the wheel folder the commands name."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from builder.lookup import show  # noqa: PLC0415
+    from builder.runbook import render  # noqa: PLC0415
+
+    if target is not None and Path(target).exists():
+        recipe, target = target, None
+    project = _project(recipe, "locked", offline=offline, machine=machine)
+    if output and not Path(output).resolve().parent.is_dir():  # before anything is read
+        raise click.BadParameter(f"{Path(output).resolve().parent} does not exist",
+                                 param_hint="-o")
+    digest, record = show(target, store=project.store, recipe_hint=str(project.recipe.path))
+    text = render(project, digest, record, machine)
+    if output:
+        Path(output).write_text(text)
+    _emit({"record": digest, "run_key": record.run_key, **({"output": output} if output
+                                                            else {"runbook": text})},
+          f"wrote {output}" if output else text.rstrip("\n"))
+
+
 @cli.group("export", cls=_Group)
 def export() -> None:
     """Export a run as provenance, or the image as a Dockerfile."""

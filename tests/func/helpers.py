@@ -39,6 +39,15 @@ def repro(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None
     return Result(done.returncode, done.stdout, done.stderr)
 
 
+def committed(project: Path) -> Path:
+    """The project as a git checkout (code is what git tracks), one commit."""
+    git = ["git", "-C", str(project), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "the project"], check=True)
+    return project
+
+
 def make_wheel(folder: Path, name: str, version: str, body: str = "VALUE = 42\n") -> Path:
     """A minimal, valid pure-Python wheel (METADATA, WHEEL, RECORD with hashes)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,6 @@ import hashlib
 import http.server
 import importlib.util
 import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 from builder import hashing
 from tests.conftest import MACHINE_WHEELS, ROOT
 from tests.func.bases import Registry, serve
-from tests.func.helpers import Result, repro
+from tests.func.helpers import Result, committed, repro
 
 pytestmark = pytest.mark.skipif(shutil.which("docker-registry") is None,
                                 reason="docker-registry (Debian package) is installed by .ci/run")
@@ -35,15 +34,6 @@ DATA_LINE = 'train = { path = "data/train.csv", description = "1,200 labelled po
 def cache(tmp_path: Path) -> Iterator[Registry]:
     with serve(tmp_path / "registry") as served:
         yield served
-
-
-def committed(project: Path) -> Path:
-    """The project as a git checkout (code is what git tracks), one commit."""
-    git = ["git", "-C", str(project), "-c", "user.name=t", "-c", "user.email=t@example.org"]
-    subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-qm", "the project"], check=True)
-    return project
 
 
 def home(tmp_path: Path, name: str, **more: str) -> dict[str, str]:
