@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,24 +37,95 @@ def _memory_bytes() -> int | None:
     return None
 
 
-def gpus() -> list[dict[str, str]]:
-    """NVIDIA GPUs as nvidia-smi reports them (name, driver, memory, CUDA driver API)."""
-    smi = shutil.which("nvidia-smi")
+QUERY = "index,uuid,name,compute_cap,memory.total,mig.mode.current,driver_version"
+# `nvidia-smi -L` lines: "GPU 0: NAME (UUID: GPU-…)" and, under a GPU in MIG mode,
+# "  MIG 3g.40gb     Device  0: (UUID: MIG-…)"
+_GPU_LINE = re.compile(r"^GPU (\d+): .* \(UUID: (GPU-[0-9a-fA-F-]+)\)\s*$")
+_MIG_LINE = re.compile(r"^\s+MIG (\S+)\s+Device\s+(\d+): \(UUID: (MIG-[^)\s]+)\)\s*$")
+
+
+def gpus(environ: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """The NVIDIA GPUs (or MIG slices) a CUDA process started here would see, as nvidia-smi
+    reports them: model, compute capability, memory, MIG profile, driver. nvidia-smi is not
+    called when it is not on PATH, or when CUDA_VISIBLE_DEVICES hides every device."""
+    env = os.environ if environ is None else environ
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and not visible.strip():
+        return []
+    smi = shutil.which("nvidia-smi", path=env.get("PATH"))
     if smi is None:
         return []
-    listing = proc.run([smi, "--query-gpu=name,driver_version,memory.total",
-                        "--format=csv,noheader"], check=False)
+    listing = proc.run([smi, f"--query-gpu={QUERY}", "--format=csv,noheader"], check=False)
     if listing.returncode != 0:
         return []
-    header = proc.run([smi], check=False).stdout
-    cuda = ""
-    if "CUDA Version:" in header:
-        cuda = header.split("CUDA Version:", 1)[1].split()[0]
+    devices = parse_query(listing.stdout)
+    if any(d["mig_mode"] == "Enabled" for d in devices):
+        slices = proc.run([smi, "-L"], check=False)
+        devices = with_mig(devices, slices.stdout if slices.returncode == 0 else "")
+    return select(devices, visible)
+
+
+def parse_query(text: str) -> list[dict[str, Any]]:
+    """`nvidia-smi --query-gpu=QUERY --format=csv,noheader` as one dict per GPU."""
     out = []
-    for line in listing.stdout.strip().splitlines():
-        name, driver, memory = (part.strip() for part in line.split(",", 2))
-        out.append({"name": name, "driver": driver, "memory": memory, "cuda_driver": cuda})
+    for line in text.strip().splitlines():
+        index, uuid, name, cc, memory, mig, driver = (p.strip() for p in line.split(","))
+        out.append({"index": index, "uuid": uuid, "name": name, "compute_capability": cc,
+                    "memory": memory, "mig_mode": mig, "mig": None, "driver": driver})
     return out
+
+
+def with_mig(devices: list[dict[str, Any]], listing: str) -> list[dict[str, Any]]:
+    """Each GPU in MIG mode replaced by its MIG slices (what CUDA enumerates), from
+    `nvidia-smi -L`; each slice keeps its GPU's facts, with its profile and UUID."""
+    slices: dict[str, list[tuple[str, str]]] = {}
+    parent = None
+    for line in listing.splitlines():
+        if m := _GPU_LINE.match(line):
+            parent = m.group(2)
+            slices[parent] = []
+        elif (m := _MIG_LINE.match(line)) and parent is not None:
+            slices[parent].append((m.group(1), m.group(3)))
+    out = []
+    for d in devices:
+        if d["mig_mode"] != "Enabled":
+            out.append(d)
+            continue
+        out += [{**d, "mig": profile, "mig_uuid": uuid, "memory": profile.split(".")[-1]}
+                for profile, uuid in slices.get(d["uuid"], [])]
+    return out
+
+
+def select(devices: list[dict[str, Any]], visible: str | None) -> list[dict[str, Any]]:
+    """The devices CUDA_VISIBLE_DEVICES leaves: indices (nvidia-smi's order), GPU- or MIG-
+    UUIDs or unique prefixes of them; as CUDA does, the list ends at the first entry that
+    names nothing (so "-1" hides all)."""
+    if visible is None:
+        return devices
+    chosen: list[dict[str, Any]] = []
+    for entry in (e.strip() for e in visible.split(",")):
+        if entry.isdigit():
+            found = [d for d in devices if d["index"] == str(int(entry))][:1]
+        else:
+            found = [d for d in devices if entry and (d["uuid"].startswith(entry) or str(
+                d.get("mig_uuid", "")).startswith(entry))]
+            if entry.startswith("GPU-") and len({d["uuid"] for d in found}) == 1:
+                found = found[:1]  # a GPU in MIG mode: CUDA takes its first slice
+        if len(found) != 1:
+            break
+        if found[0] not in chosen:
+            chosen.append(found[0])
+    return chosen
+
+
+def gpu_class(gpu: dict[str, Any]) -> str:
+    """What of a GPU decides bitwise equality: its model and compute capability, and the MIG
+    profile of a slice (cuBLAS promises equal bits only for the same architecture and SM
+    count; the model fixes a whole GPU's SM count, the profile a slice's)."""
+    if "compute_capability" not in gpu:  # recorded before these facts: the name alone
+        return str(gpu["name"])
+    mig = f", MIG {gpu['mig']}" if gpu.get("mig") else ""
+    return f"{gpu['name']} (compute {gpu['compute_capability']}{mig})"
 
 
 def facts() -> dict[str, Any]:
@@ -81,7 +154,9 @@ def facts() -> dict[str, Any]:
 
 
 def hardware_class(info: dict[str, Any]) -> dict[str, Any]:
-    """What must match for bitwise-equal results: architecture, CPU model, GPU models.
+    """What must match for bitwise-equal results: architecture, CPU model, and each visible
+    GPU's model, compute capability and MIG profile (none on a CPU machine: its class, and
+    every CPU run key, is what it was before GPUs were described).
 
     Core counts, memory and driver versions are recorded but not part of the class: they
     change speed, and where they change results (thread counts), the recipe pins them.
@@ -89,5 +164,12 @@ def hardware_class(info: dict[str, Any]) -> dict[str, Any]:
     return {
         "arch": info["arch"],
         "cpu": info["cpu"]["model"],
-        "gpus": sorted(g["name"] for g in info["gpus"]),
+        "gpus": sorted(gpu_class(g) for g in info["gpus"]),
     }
+
+
+def class_text(cls: dict[str, Any] | None) -> str:
+    """A hardware class in words: `x86_64, AMD EPYC, no GPU`."""
+    if not cls:
+        return "none"
+    return f"{cls['arch']}, {cls['cpu']}, " + (", ".join(cls.get("gpus") or []) or "no GPU")

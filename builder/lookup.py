@@ -187,7 +187,9 @@ def show(
 def describe(digest: str, record: RunRecord) -> str:
     """A run record for a person: one line per fact."""
     hw, sw, code = record.hardware, record.software, record.code
-    gpus = "".join(f", {g['name']} (driver {g['driver']})" for g in hw["gpus"])
+    from builder.hardware import gpu_class  # noqa: PLC0415
+
+    gpus = "".join(f", {gpu_class(g)} driver {g['driver']}" for g in hw["gpus"])
     status = f"exit {record.exit_status}" + (f": {record.error}" if record.error else "")
     return "\n".join([
         f"run      {record.run_key}",

@@ -157,6 +157,9 @@ class RunRecord:
     sandbox: str = "off"  # bwrap | folder | off (v1 runs ran in the project folder)
     network: bool = True  # whether the command could reach the network
     pass_env: tuple[str, ...] = ()  # names of the caller's variables it got (values never)
+    # what the framework had in force in each process that imported it (builder.runtime:
+    # CUDA, cuDNN, NCCL, TF32, deterministic flags), distinct ones only; not in the run key
+    framework: tuple[dict[str, Any], ...] = ()
 
     @property
     def succeeded(self) -> bool:
@@ -171,12 +174,15 @@ class RunRecord:
             "data": {k: v.to_json() for k, v in self.data.items()},
             "command": list(self.command),
             "pass_env": list(self.pass_env),
+            "framework": list(self.framework),
             "software": self.software.to_json(),
             "outputs": [o.to_json() for o in self.outputs],
             "status": "succeeded" if self.succeeded else "failed",
         }
         if self.error is None:
             del out["error"]
+        if not self.framework:  # a run that never imported torch: the record as before
+            del out["framework"]
         return out
 
     def encode(self) -> bytes:
@@ -214,6 +220,7 @@ class RunRecord:
             sandbox=d.get("sandbox", "off"),
             network=bool(d.get("network", True)),
             pass_env=tuple(d.get("pass_env", ())),
+            framework=tuple(dict(f) for f in d.get("framework", ())),
         )
 
     @classmethod

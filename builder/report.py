@@ -46,6 +46,8 @@ def _inputs_only(report: Verification) -> str:
 def text(report: Verification) -> str:
     lines = [f"{report.verdict}: {report.recipe} ({report.standard}) against "
              f"{report.baseline}"]
+    if report.hardware:
+        lines.append(f"hardware class differs: {report.hardware}")
     lines += [f"cause  {c.kind}: {c.detail}" for c in report.causes]
     lines += [_check_line(c) for c in report.checks]
     if _inputs_only(report):

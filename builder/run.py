@@ -26,7 +26,7 @@ from builder.errors import (
 )
 from builder.project import Project
 from builder.recipe import Recipe, Train
-from builder.records import CodeFacts, DataFacts, Output, RecipeRef, RunRecord
+from builder.records import CodeFacts, DataFacts, Output, RecipeRef, RunRecord, load_object
 from builder.runner import Job, Runner, runtime_dir
 
 log = logging.getLogger(__name__)
@@ -249,6 +249,21 @@ def run(project: Project, runner: Runner, *, seed: int | None = None,
     return RunResult(digest, record, cached=True, objects=objects, source=source)
 
 
+def framework_facts(folder: Path) -> tuple[dict[str, Any], ...]:
+    """The distinct facts the command's processes wrote (builder.runtime.record_facts), in a
+    stable order; a file that is not a small JSON object is skipped (the command wrote it)."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        try:
+            if path.stat().st_size > 1 << 16:
+                continue
+            facts = load_object(path.read_bytes(), path)
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+        found[hashing.digest_json(facts)] = facts
+    return tuple(found[k] for k in sorted(found))
+
+
 def seeded_env(p: Plan) -> dict[str, str]:
     """The variables repro sets for every run; these (and only these) go into the record."""
     from builder.sandbox import BASE_ENV  # noqa: PLC0415
@@ -371,6 +386,7 @@ def _execute(p: Plan, runner: Runner, *, place: bool, keep: bool,
         started, clock = _now(), time.perf_counter()
         code, tail = runner.execute(job)
         duration = round(time.perf_counter() - clock, 3)
+        framework = framework_facts(box.facts)
         tail = _redact(tail, secrets)
         code_state = project.code
         record = RunRecord(
@@ -397,6 +413,7 @@ def _execute(p: Plan, runner: Runner, *, place: bool, keep: bool,
             sandbox=box.level if p.runner != "image" or box.level == "off" else "image",
             network=runner.reaches_network(box),
             pass_env=tuple(train.pass_env),
+            framework=framework,
         )
         changed = runner.intact()
         if changed is not None:  # never its key's answer: the next run rebuilds the env

@@ -29,7 +29,9 @@ if TYPE_CHECKING:
     from builder.project import Project
     from builder.sandbox import Sandbox
 
-RUNTIME_FILES = ("runtime.py", "tensordiff.py")
+# the runtime folder a run's PYTHONPATH names: its path there -> the module it is made from
+RUNTIME_FILES = {"builder/runtime.py": "runtime.py", "builder/tensordiff.py": "tensordiff.py",
+                 "builder/__init__.py": None, "sitecustomize.py": "runtime_site.py"}
 
 
 class Job(NamedTuple):
@@ -69,21 +71,23 @@ class Runner(Protocol):
 
 
 def runtime_dir(store: Store) -> tuple[Path, str]:
-    """A folder holding only builder/runtime.py and builder/tensordiff.py (stdlib-only modules
-    for code inside an environment), for a PYTHONPATH through which nothing else leaks.
-    Checked on every use (a few small files): one that holds anything else (a planted
+    """A folder holding only builder/runtime.py, builder/tensordiff.py (stdlib-only modules
+    for code inside an environment) and the sitecustomize.py that records the framework's
+    facts at exit, for a PYTHONPATH through which nothing else leaks. Checked on every use
+    (a few small files): one that holds anything else or other bytes (a planted
     sitecustomize.py) is set aside and made again, never put on a run's path."""
     import tempfile  # noqa: PLC0415
 
-    sources = {name: Path(__file__).with_name(name).read_bytes() for name in RUNTIME_FILES}
+    sources = {dest: Path(__file__).with_name(src).read_bytes() if src else b""
+               for dest, src in RUNTIME_FILES.items()}
     digest = hashing.digest_json({k: hashing.digest_bytes(v) for k, v in sources.items()})
     root = store.runtime / digest.removeprefix(hashing.PREFIX)
     if runtime_digest(root) == digest:
         return root, digest
     store.runtime.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=store.runtime, prefix=".tmp-"))
-    for name, data in {**sources, "__init__.py": b""}.items():
-        atomic_write(tmp / "builder" / name, data)
+    for name, data in sources.items():
+        atomic_write(tmp / name, data)
     if os.path.lexists(root) and runtime_digest(root) != digest:
         moved = store.quarantine_file(root)
         log.warning("%s held more or other than repro's runtime; set aside to %s and made "
@@ -99,12 +103,11 @@ def runtime_dir(store: Store) -> tuple[Path, str]:
 
 def runtime_digest(root: Path) -> str | None:
     """The digest a runtime folder's files make (its name, when it is whole), or None when it
-    holds anything else than regular files in builder/ and an empty builder/__init__.py."""
+    holds other files than RUNTIME_FILES names, or an __init__.py that is not empty."""
     files = _runtime_files(root)
-    if files is None or files.pop("builder/__init__.py", None) != b"" or not files or any(
-            not k.startswith("builder/") or "/" in k[8:] for k in files):
+    if files is None or set(files) != set(RUNTIME_FILES) or files["builder/__init__.py"]:
         return None
-    return hashing.digest_json({k[8:]: hashing.digest_bytes(v) for k, v in files.items()})
+    return hashing.digest_json({k: hashing.digest_bytes(v) for k, v in files.items()})
 
 
 def _runtime_files(root: Path) -> dict[str, bytes] | None:
@@ -161,7 +164,8 @@ class VenvRunner:
         box, venv = job.box, self.built.path
         variables = {**box.environment([venv / "bin"]), "VIRTUAL_ENV": str(venv),
                      **job.variables, **job.secrets, "PYTHONPATH": str(job.runtime),
-                     "REPRO_PARAMS_FILE": str(box.repro / "params.json")}
+                     "REPRO_PARAMS_FILE": str(box.repro / "params.json"),
+                     "REPRO_FACTS_DIR": str(box.facts)}
         if job.metrics is not None:
             variables["REPRO_METRICS_FILE"] = str(box.inside(job.metrics))
         needed = [venv, job.runtime, *env.interpreter_prefix(venv)]

@@ -16,10 +16,12 @@ import importlib.util
 import json
 import os
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["generator", "log_metrics", "params", "seed_everything", "worker_init_fn"]
+__all__ = ["generator", "log_metrics", "params", "record_facts", "seed_everything",
+           "worker_init_fn"]
 
 
 def _installed(module: str) -> bool:
@@ -100,3 +102,56 @@ def log_metrics(metrics: dict[str, Any] | None = None, **more: Any) -> dict[str,
     tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
     return current
+
+
+def _attempt(read: Any) -> Any:
+    try:
+        return read()
+    except Exception:  # a CPU build has no NCCL: a fact it lacks is None
+        return None
+
+
+def torch_facts(torch: Any) -> dict[str, Any]:
+    """What torch has in force that can change results and that the run key cannot see:
+    its CUDA runtime, cuDNN and NCCL versions, TF32, matmul precision, deterministic flags,
+    threads, and the CUDA devices it used (only when CUDA was initialised: never started
+    here)."""
+    backends = torch.backends
+    facts = {
+        "torch": str(torch.__version__),
+        "cuda_runtime": _attempt(lambda: torch.version.cuda),
+        "cudnn": _attempt(backends.cudnn.version),
+        "nccl": _attempt(lambda: ".".join(map(str, torch.cuda.nccl.version()))),
+        "tf32_matmul": _attempt(lambda: bool(backends.cuda.matmul.allow_tf32)),
+        "tf32_cudnn": _attempt(lambda: bool(backends.cudnn.allow_tf32)),
+        "float32_matmul_precision": _attempt(torch.get_float32_matmul_precision),
+        "deterministic_algorithms": _attempt(torch.are_deterministic_algorithms_enabled),
+        "cudnn_deterministic": _attempt(lambda: bool(backends.cudnn.deterministic)),
+        "cudnn_benchmark": _attempt(lambda: bool(backends.cudnn.benchmark)),
+        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        "threads": _attempt(torch.get_num_threads),
+        "devices": [],
+    }
+    if _attempt(torch.cuda.is_initialized):
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            facts["devices"].append({"name": p.name, "capability": f"{p.major}.{p.minor}",
+                                     "sm_count": p.multi_processor_count,
+                                     "memory": p.total_memory})
+    return facts
+
+
+def record_facts() -> None:
+    """Write this process's framework facts for the run record (`REPRO_FACTS_DIR/<pid>.json`),
+    when torch was imported. Called at exit by the run's sitecustomize; never raises."""
+    folder = os.environ.get("REPRO_FACTS_DIR")
+    torch = sys.modules.get("torch")
+    if not folder or torch is None or not hasattr(torch, "backends"):
+        return
+    try:
+        path = Path(folder) / f"{os.getpid()}.json"
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(torch_facts(torch), sort_keys=True))
+        tmp.replace(path)
+    except Exception:  # noqa: S110  (a run never fails for want of a fact)
+        pass

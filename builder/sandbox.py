@@ -187,6 +187,11 @@ class Sandbox:
         """repro's own files for the command (the params file), read-only inside."""
         return self.root / "repro"
 
+    @property
+    def facts(self) -> Path:
+        """Where the command's processes write their framework facts (REPRO_FACTS_DIR)."""
+        return self.root / "facts"
+
     def inside(self, rel: str) -> Path:
         """Where the command sees a project-relative path."""
         return self.cwd / rel
@@ -214,7 +219,8 @@ class Sandbox:
             args += ["--ro-bind", str(host), os.path.normpath(self.project / rel)]
         for folder in (*read_only, self.repro):
             args += ["--ro-bind", str(folder), str(folder)]
-        args += ["--bind", str(self.home), str(self.home), "--chdir", str(self.cwd),
+        args += ["--bind", str(self.home), str(self.home),
+                 "--bind", str(self.facts), str(self.facts), "--chdir", str(self.cwd),
                  # no capabilities: even as root the command cannot unmount its way out,
                  # remount / writable, or reach the host's /proc, hostname or processes
                  "--cap-drop", "ALL", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
@@ -248,7 +254,7 @@ def sandbox(project: Project, *, keep: bool = False,
     network = bool(recipe.train and recipe.train.network)
     data = data_binds(project)
     with project.store.sandboxes.create(keep=keep) as root:
-        for name in ("home", "tmp", "repro"):
+        for name in ("home", "tmp", "repro", "facts"):
             (root / name).mkdir()
         store = project.store.root
         if level == "off":

@@ -194,6 +194,9 @@ class Verification:
     # wall seconds by phase: fetch (reproduce), environment, training, comparison
     timings: dict[str, float] = field(default_factory=dict)
     target: float | None = None  # the recipe's `time-to-reproduce`, in seconds
+    # the baseline's hardware class → this machine's, when a bitwise baseline has no run made
+    # on this class (said first: bitwise equality is promised only within a class)
+    hardware: str | None = None
 
     @property
     def reproduced(self) -> bool:
@@ -242,7 +245,8 @@ class Verification:
                        tuple(d["nondeterminism"]), float(d["duration"]),
                        float(d["baseline_duration"]), d["started"], tuple(d.get("notes", ())),
                        {str(k): float(v) for k, v in d.get("timings", {}).items()},
-                       None if d.get("target") is None else float(d["target"]))
+                       None if d.get("target") is None else float(d["target"]),
+                       d.get("hardware"))
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"{path} is not a verification report repro can read: "
                              f"{why(exc)}",

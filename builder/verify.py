@@ -77,10 +77,28 @@ def causes(base: Baseline, runs: Sequence[BaselineRun], record: RunRecord,
         found.append(Cause("seed", f"seed {base_seeds[0]} → {record.seed}"))
     if standard == "bitwise" and not any(r.hardware_class == record.hardware_class
                                          for r in runs):
-        have = "; ".join(str(c) for c in base.classes)
-        found.append(Cause("hardware", f"{have} → {record.hardware_class} (the baseline has no "
-                                       "run made on this hardware class)"))
+        found.insert(0, Cause("hardware", f"{_class_change(base, record)} (the baseline has no "
+                                          "run made on this hardware class)"))
     return found
+
+
+def _class_change(base: Baseline, record: RunRecord) -> str:
+    from builder.hardware import class_text  # noqa: PLC0415
+
+    return "; ".join(class_text(c) for c in base.classes) + " → " + \
+        class_text(record.hardware_class)
+
+
+def framework_change(old: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]]) -> str | None:
+    """What differs between two runs' framework facts (builder.runtime: CUDA, cuDNN, NCCL,
+    TF32, deterministic flags), in words; None when nothing does, or one side has none."""
+    if not old or not new or list(old) == list(new):
+        return None
+    if len(old) != 1 or len(new) != 1:
+        return f"{len(old)} → {len(new)} distinct sets of framework facts"
+    a, b = old[0], new[0]
+    return ", ".join(f"{k} {a.get(k)!r} → {b.get(k)!r}" for k in sorted(set(a) | set(b))
+                     if a.get(k) != b.get(k))
 
 
 def _tensor_diff(project: Project, runner: Runner, name: str, a: Path,
@@ -183,6 +201,57 @@ def _metric_checks(recipe: Recipe, base_values: Sequence[dict[str, Any]],
     return checks
 
 
+def _compare(project: Project, runner: Runner, base: Baseline, mine: Sequence[BaselineRun],
+             compared: Sequence[BaselineRun], records: Sequence[RunRecord], *,
+             other_class: bool) -> tuple[list[Cause], list[Check], list[str]]:
+    """The causes, checks and notes of a verification: bytes (bitwise), metrics within the
+    tolerances (statistical; bitwise on another hardware class, where the recipe declares
+    tolerances), or the evaluation's metrics (functional)."""
+    recipe = project.recipe
+    standard = recipe.reproducibility.standard
+    found = causes(base, mine, records[0], standard)
+    checks: list[Check] = []
+    notes = []
+    if other_class and recipe.reproducibility.tolerance:
+        # bits are promised only within a class: the recipe's tolerances say what is enough
+        found = [c for c in found if c.kind != "hardware"]
+        checks += _metric_checks(recipe, [b.metrics for b in compared],
+                                 [r.metrics for r in records])
+        notes.append("the hardware class differs, so the outputs were not compared byte for "
+                     "byte: the recipe's tolerances were applied to its metrics")
+    elif standard == "bitwise":
+        by_seed = {b.seed: b for b in compared}
+        for r in records:
+            checks += _output_checks(project, runner, by_seed.get(r.seed, compared[0]), r)
+    elif standard == "statistical":
+        checks += _metric_checks(recipe, [b.metrics for b in compared],
+                                 [r.metrics for r in records])
+    else:
+        evaluation = run.evaluate(project, runner, records[0].outputs)  # the re-run's
+        checks += _metric_checks(recipe, [b.evaluation or {} for b in compared], [evaluation])
+    framework = _framework_note(project, compared, records[0])
+    if framework and (found or not all(c.ok for c in checks)):
+        found.append(Cause("framework", framework))
+    elif framework:
+        notes.append(f"the framework's facts differ from the baseline's ({framework}), yet "
+                     "the checks pass")
+    return found, checks, notes
+
+
+def _framework_note(project: Project, compared: Sequence[BaselineRun],
+                    record: RunRecord) -> str | None:
+    """How the re-run's framework facts differ from the baseline run's of its seed, when
+    the store holds that record (a baseline file keeps only its digest)."""
+    base_run = next((b for b in compared if b.seed == record.seed), None)
+    if base_run is None or not project.store.blobs.has(base_run.record):
+        return None
+    try:
+        old = project.store.records.get(base_run.record).framework
+    except StoreError:
+        return None
+    return framework_change(old, record.framework)
+
+
 def _unvouched(record: RunRecord) -> list[str]:
     """What the re-run could depend on that no identity covers: sources of drift to name."""
     notes = []
@@ -276,18 +345,10 @@ def verify(project: Project, runner: Runner, *, against: str | None = None,
     phases["training"] = round(time.perf_counter() - clock, 3)
     clock = time.perf_counter()
     records = [r.record for r in results]
-    found_causes = causes(base, mine, records[0], standard)
-    checks: list[Check] = []
-    if standard == "bitwise":
-        by_seed = {b.seed: b for b in compared}
-        for r in records:
-            checks += _output_checks(project, runner, by_seed.get(r.seed, compared[0]), r)
-    elif standard == "statistical":
-        checks += _metric_checks(recipe, [b.metrics for b in compared],
-                                 [r.metrics for r in records])
-    else:
-        evaluation = run.evaluate(project, runner, records[0].outputs)  # the re-run's
-        checks += _metric_checks(recipe, [b.evaluation or {} for b in compared], [evaluation])
+    other_class = _class_change(base, records[0]) if standard == "bitwise" and not mine \
+        else None
+    found_causes, checks, notes = _compare(project, runner, base, mine, compared, records,
+                                           other_class=other_class is not None)
     report = Verification(
         recipe=recipe.name,
         standard=standard,
@@ -303,9 +364,10 @@ def verify(project: Project, runner: Runner, *, against: str | None = None,
         duration=round(sum(r.duration for r in records), 3),
         baseline_duration=round(sum(b.duration for b in compared), 3),
         started=started.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        notes=(*([note] if note else []), *_unvouched(records[0])),
+        notes=(*([note] if note else []), *notes, *_unvouched(records[0])),
         timings={**phases, "comparison": round(time.perf_counter() - clock, 3)},
         target=recipe.reproducibility.target,
+        hardware=other_class,
     )
     project.store.verifications.add(report)
     return report

@@ -24,6 +24,7 @@ from builder.sandbox import Sandbox
 
 _RUNTIME = "/opt/repro/runtime"
 _PARAMS = "/opt/repro/params.json"
+_FACTS = "/opt/repro/facts"  # REPRO_FACTS_DIR: what torch had in force, per process
 
 
 def _buildah_env() -> dict[str, str]:
@@ -77,14 +78,15 @@ class ImageRunner:
         work = PurePosixPath(recipe.image.workdir)
         inside = {**BASE_ENV, "HOME": "/tmp", "TMPDIR": "/tmp",  # noqa: S108  (its own /tmp)
                   **job.variables, **job.secrets,
-                  "PYTHONPATH": f"/{SITE}:{_RUNTIME}", "REPRO_PARAMS_FILE": _PARAMS}
+                  "PYTHONPATH": f"/{SITE}:{_RUNTIME}", "REPRO_PARAMS_FILE": _PARAMS,
+                  "REPRO_FACTS_DIR": _FACTS}
         if job.metrics is not None:
             inside["REPRO_METRICS_FILE"] = str(work / job.metrics)
         # The sandbox's folder is the workdir: the code (the same files as the image's top
         # layer), the data read-only, and whatever the command writes, read back on the host
         # without following any symlink the image holds.
         mounts = [f"{box.work}:{work}:rw", f"{job.runtime}:{_RUNTIME}:ro",
-                  f"{box.repro / 'params.json'}:{_PARAMS}:ro"]
+                  f"{box.repro / 'params.json'}:{_PARAMS}:ro", f"{box.facts}:{_FACTS}:rw"]
         mounts += [f"{host}:{work / rel}:ro" for host, rel in box.data]
         argv = job.argv
         python = self.image.python

@@ -134,3 +134,34 @@ def test_trained_in_one_store_pushed_and_answered_in_another_from_the_remote(
     finally:
         server.terminate()
         server.wait()
+
+
+def test_the_frameworks_facts_are_recorded_and_a_change_verify_sees_is_named(
+        tmp_path: Path) -> None:
+    copy = shutil.copytree(EXAMPLE, tmp_path / "example")
+    # a knob the run key cannot see (a pass-env variable) that turns TF32 on: on a CPU the
+    # weights stay the same, but the facts in force differ
+    train = copy / "train.py"
+    train.write_text(train.read_text().replace(
+        "def main() -> None:",
+        "def main() -> None:\n    torch.backends.cuda.matmul.allow_tf32 = bool(os.environ.get("
+        "'TF32'))", 1))
+    recipe = copy / "repro.toml"
+    recipe.write_text(recipe.read_text().replace("threads = 1", 'threads = 1\npass-env = ["TF32"]'))
+    first = repro("run", "--find-links", MACHINE_WHEELS, "--json", cwd=copy)
+    assert first.code == 0, first.err
+    shown = repro("show", "--json", cwd=copy).json
+    [facts] = shown["framework"]
+    assert (facts["torch"], facts["cuda_runtime"], facts["deterministic_algorithms"],
+            facts["tf32_matmul"], facts["threads"]) == ("2.13.0+cpu", None, True, False, 1)
+    assert facts["devices"] == []  # CUDA was never initialised
+
+    same = repro("verify", "--against", first.json["record"], "--find-links", MACHINE_WHEELS,
+                 "--json", cwd=copy)
+    assert same.code == 0, same.err
+    assert not any("framework" in n for n in same.json["notes"])
+    changed = repro("verify", "--against", first.json["record"], "--find-links",
+                    MACHINE_WHEELS, "--json", cwd=copy, env={"TF32": "1"})
+    assert changed.code == 0, changed.err  # the bytes are the same: a note, not a drift
+    [note] = [n for n in changed.json["notes"] if "framework" in n]
+    assert "tf32_matmul False → True" in note

@@ -281,3 +281,32 @@ def test_tensordiff_reads_each_format_inside_the_env(project: Path, suffix: str)
     assert changed[0]["differ"] == 1
     assert changed[0]["max_abs"] == 0.5
     assert changed[0]["max_rel"] == pytest.approx(0.5 / 5.5)
+
+
+def test_another_hardware_class_is_said_first_and_declared_tolerances_then_apply(
+        project: Path) -> None:
+    baseline(project)
+    path = project / "lockfiles/digits-logreg/baseline.json"
+    stored = json.loads(path.read_text())
+    for run in stored["runs"]:  # as if every baseline run was made on another CPU
+        run["hardware_class"] = {**run["hardware_class"], "cpu": "Another CPU"}
+        run["outputs"][0]["digest"] = "blake3:" + "0" * 64  # whose bytes differ
+    path.write_text(json.dumps(stored))
+    drifted = repro("verify", cwd=project)
+    assert drifted.code == 1, drifted.err
+    verdict, first = drifted.out.splitlines()[:2]
+    assert verdict.startswith("drifted")
+    assert first.startswith("hardware class differs: x86_64, Another CPU, no GPU → ")
+    as_json = repro("verify", "--json", cwd=project).json
+    assert as_json["causes"][0]["kind"] == "hardware"
+    assert "framework" not in repro("show", "--json", cwd=project).json  # numpy only: none
+
+    edit(project / "repro.toml", 'standard = "bitwise"',
+         'standard = "bitwise"\ntolerance = { accuracy = { abs = 0.001 } }')
+    tolerated = repro("verify", "--json", cwd=project)
+    assert tolerated.code == 0, tolerated.err
+    out = tolerated.json
+    assert out["verdict"] == "reproduced"
+    assert "Another CPU" in out["hardware"]
+    assert [c["kind"] for c in out["checks"]] == ["metric"]
+    assert any("tolerances were applied to its metrics" in n for n in out["notes"])
