@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import shlex
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from builder.project import Project
 from builder.records import RunRecord
 from builder.resolve import MachineSources
 
+log = logging.getLogger(__name__)
 PACKAGE = "repro-builder"
 
 
@@ -234,8 +236,11 @@ def _fetch(project: Project, record: RunRecord) -> list[str]:
                    commit], check=False).stdout.strip() == "":
         lines += [f"**Commit `{commit}` is on no branch of `{url}` yet**: push it there, or "
                   "the checkout below fails.", ""]
+        log.warning("commit %s is on no branch of %s (as this clone last fetched it): push "
+                    "it, or the runbook's checkout fails", commit[:12], url)
     if commit != record.code.commit:
-        how = "with uncommitted changes" if record.code.commit else "outside git"
+        how = ("with uncommitted changes" if record.code.dirty else f"at {record.code.commit}"
+               ) if record.code.commit else "outside git"
         lines += [f"The run was recorded {how}; commit `{commit}` holds the same code "
                   f"(`{record.code.digest}`).", ""]
     lines += ["```sh", f"git clone --quiet {shlex.quote(url)} project", "cd project",
@@ -259,13 +264,14 @@ def _fetch(project: Project, record: RunRecord) -> list[str]:
 
 
 def _commit(project: Project, record: RunRecord) -> str | None:
-    """The commit a clone should check out: the run's own, else HEAD where HEAD holds the
-    same code (a run recorded outside git or with changes since committed)."""
-    if record.code.commit and not record.code.dirty:
-        return record.code.commit
+    """The commit a clone should check out: HEAD where it holds the same code (and so the
+    lock, baseline and recipe as they are now, which the env check agreed with), else the
+    run's own commit when it was clean."""
     here = project.code
     if here.commit and not here.dirty and here.digest == record.code.digest:
         return here.commit
+    if record.code.commit and not record.code.dirty:
+        return record.code.commit
     return None
 
 
@@ -275,5 +281,13 @@ def _compare(project: Project, record: RunRecord, flags: str) -> list[str]:
         return ["The outputs, byte for byte (on another hardware class they may differ; "
                 "`repro verify` then says the class differs).", "",
                 "```sh", "sha256sum --check <<'EOF'", listing, "EOF", "```", ""]
+    path = baseline.path_of(project.recipe)
+    commit = _commit(project, record)
+    if proc.run(["git", "-C", str(path.parent), "cat-file", "-e", f"{commit}:./{path.name}"],
+                check=False).returncode != 0:
+        raise InputError(f"{path} is not in commit {str(commit)[:12]}, and a fresh clone "
+                         f"needs it: a {project.recipe.reproducibility.standard} run is "
+                         "compared with its baseline", hint="`repro baseline set`, commit the "
+                                                           "file, and write the runbook again")
     return ["Against the committed baseline, within the recipe's tolerances (exit 1 on drift).",
             "", "```sh", f"repro verify --locked{flags}", "```", ""]

@@ -124,7 +124,22 @@ def test_a_runbook_is_refused_where_a_fresh_machine_could_not_follow_it(
     changed = repro("runbook", cwd=project)
     assert changed.code == 2 and "no commit here holds its code" in changed.err
     assert repro("runbook", "-o", tmp_path / "no" / "RUNBOOK.md", cwd=project).code == 2
+    (project / "train.py").write_text((project / "train.py").read_text().removeprefix(
+        "# changed\n"))
     recipe = project / "repro.toml"
+    recipe.write_text(recipe.read_text().replace(  # compared with a baseline, not by bytes
+        'standard = "bitwise"', 'standard = "statistical"\n'
+                                'tolerance = { accuracy = { abs = 0.01 } }'))
+    (project / "lockfiles/digits-logreg/baseline.json").unlink()
+    committed(project)
+    assert repro("run", cwd=project).code == 0
+    no_baseline = repro("runbook", cwd=project)
+    assert no_baseline.code == 2 and "baseline.json is not in commit" in no_baseline.err
+    assert repro("baseline", "set", cwd=project).code == 0
+    committed(project)
+    with_baseline = repro("runbook", cwd=project)
+    assert with_baseline.code == 0, with_baseline.err
+    assert "repro verify --locked" in with_baseline.out
     recipe.write_text(recipe.read_text().replace('"numpy>=2,<3"', '"numpy>=2,<3", "six"'))
     stale = repro("runbook", cwd=project)
     assert stale.code == 1 and "lock" in stale.err  # the commands say --locked
