@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import re
@@ -11,6 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from builder import proc
+from builder.errors import ToolError
+
+log = logging.getLogger(__name__)
+SMI_TIMEOUT = 10.0  # seconds: a hung driver must not hang every run
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -50,26 +55,40 @@ def gpus(environ: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     called when it is not on PATH, or when CUDA_VISIBLE_DEVICES hides every device."""
     env = os.environ if environ is None else environ
     visible = env.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and not visible.strip():
-        return []
+    if visible is not None and not _names_a_device(visible.split(",")[0].strip()):
+        return []  # "", "-1", …: CUDA sees nothing, and nvidia-smi is not asked
     smi = shutil.which("nvidia-smi", path=env.get("PATH"))
     if smi is None:
         return []
-    listing = proc.run([smi, f"--query-gpu={QUERY}", "--format=csv,noheader"], check=False)
-    if listing.returncode != 0:
+    try:
+        listing = proc.run([smi, f"--query-gpu={QUERY}", "--format=csv,noheader"],
+                           timeout=SMI_TIMEOUT)
+        devices = parse_query(listing.stdout)
+        if any(d["mig_mode"] == "Enabled" for d in devices):
+            slices = proc.run([smi, "-L"], check=False, timeout=SMI_TIMEOUT)
+            devices = with_mig(devices, slices.stdout if slices.returncode == 0 else "")
+    except ToolError as exc:
+        log.warning("%s failed, so this run records no GPU (and the CPU hardware class): "
+                    "%s", smi, exc.stderr.strip().splitlines()[-1][:200] if exc.stderr.strip()
+                    else f"exit status {exc.returncode}")
         return []
-    devices = parse_query(listing.stdout)
-    if any(d["mig_mode"] == "Enabled" for d in devices):
-        slices = proc.run([smi, "-L"], check=False)
-        devices = with_mig(devices, slices.stdout if slices.returncode == 0 else "")
     return select(devices, visible)
+
+
+def _names_a_device(entry: str) -> bool:
+    return entry.isdigit() or entry.startswith(("GPU-", "MIG-"))
 
 
 def parse_query(text: str) -> list[dict[str, Any]]:
     """`nvidia-smi --query-gpu=QUERY --format=csv,noheader` as one dict per GPU."""
     out = []
     for line in text.strip().splitlines():
-        index, uuid, name, cc, memory, mig, driver = (p.strip() for p in line.split(","))
+        fields = [p.strip() for p in line.split(",")]
+        if len(fields) != 7 or not fields[0].isdigit():
+            log.warning("nvidia-smi gave a line repro cannot read (%r); that GPU is left out "
+                        "of the record", line[:120])
+            continue
+        index, uuid, name, cc, memory, mig, driver = fields
         out.append({"index": index, "uuid": uuid, "name": name, "compute_capability": cc,
                     "memory": memory, "mig_mode": mig, "mig": None, "driver": driver})
     return out
@@ -155,7 +174,8 @@ def facts() -> dict[str, Any]:
 
 def hardware_class(info: dict[str, Any]) -> dict[str, Any]:
     """What must match for bitwise-equal results: architecture, CPU model, and each visible
-    GPU's model, compute capability and MIG profile (none on a CPU machine: its class, and
+    GPU's model, compute capability and MIG profile, in the order CUDA numbers them (none
+    on a CPU machine: its class, and
     every CPU run key, is what it was before GPUs were described).
 
     Core counts, memory and driver versions are recorded but not part of the class: they
@@ -164,7 +184,7 @@ def hardware_class(info: dict[str, Any]) -> dict[str, Any]:
     return {
         "arch": info["arch"],
         "cpu": info["cpu"]["model"],
-        "gpus": sorted(gpu_class(g) for g in info["gpus"]),
+        "gpus": [gpu_class(g) for g in info["gpus"]],  # CUDA's order: cuda:0 first
     }
 
 

@@ -39,11 +39,13 @@ def run(
     cwd: Path | None = None,
     hint: str = "",
     check: bool = True,
+    timeout: float | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a command to completion, capturing its output.
+    """Run a command to completion, capturing its output (bytes that are not UTF-8 replaced).
 
     Raises:
-        ToolError: the command exited non-zero (with `check`) or could not be started.
+        ToolError: the command exited non-zero (with `check`), could not be started, or
+            ran past `timeout` seconds (killed; exit status 124).
     """
     args = [os.fspath(a) for a in argv]
     log.debug("$ %s", shlex.join(args))
@@ -54,8 +56,13 @@ def run(
             cwd=cwd,
             capture_output=True,
             text=True,
+            errors="replace",
             check=False,
+            timeout=timeout,
         )
+    except subprocess.TimeoutExpired as exc:
+        raise ToolError(args, 124, f"no answer after {timeout:g} s; it was stopped",
+                        hint=hint) from exc
     except OSError as exc:
         raise _not_started(args, exc, hint or f"install {args[0]}") from exc
     if done.stderr:

@@ -148,9 +148,14 @@ def reproduce(target: str, *, store: Store, remote: Remote | None, folder: Path 
         "the run's snapshot holds no baseline: compared with the run's own record (its "
         "metrics), with the recipe's tolerances")
     mine = against is not None  # then re-run the run's own seed and params, as it was made
-    report = verify(project, runner, against=against, timings={"fetch": fetched}, note=note,
-                    seed=record.seed if mine else None,
-                    params=run.as_overrides(record.params) if mine else ())
+    try:
+        report = verify(project, runner, against=against, timings={"fetch": fetched},
+                        note=note, seed=record.seed if mine else None,
+                        params=run.as_overrides(record.params) if mine else ())
+    except BaseException:  # no verdict (the env did not build…): the same -o for a retry
+        _clear(root, made=not existed)
+        log.warning("%s was emptied: what was placed there is made again by a retry", root)
+        raise
     remade = {}
     first = next((r for r in report.runs if r.seed == record.seed), None)
     if first is not None:  # the re-made model, where the run would have put it

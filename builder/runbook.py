@@ -16,7 +16,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from builder import __version__, baseline, proc, run
+from builder import __version__, baseline, lock, proc, run
 from builder.errors import InputError
 from builder.project import Project
 from builder.records import RunRecord
@@ -224,6 +224,7 @@ def _fetch(project: Project, record: RunRecord) -> list[str]:
                          "a name", hint="commit the code it ran (then HEAD is named), or "
                                         "share the run with `repro push` and re-make it with "
                                         "`repro reproduce`")
+    _committed(project, commit)
     toplevel = Path(top.stdout.strip())
     origin = proc.run(["git", "-C", str(toplevel), "remote", "get-url", "origin"], check=False)
     url = origin.stdout.strip() if origin.returncode == 0 else str(toplevel)
@@ -261,6 +262,27 @@ def _fetch(project: Project, record: RunRecord) -> list[str]:
                         "is not in git: copy it there before step 4 (a copy with other bytes "
                         "gives another run key)."))
     return [*lines, "", *notes, *([""] if notes else [])]
+
+
+def _committed(project: Project, commit: str) -> None:
+    """The recipe and its lock as they are here must be in the commit a clone checks out
+    (`repro build --locked` there gives this env only from this lock).
+
+    Raises:
+        InputError: one is missing from the commit, or differs from it.
+    """
+    recipe = project.recipe
+    for path in (recipe.path, recipe.lock_dir / lock.PYLOCK, recipe.lock_dir / lock.REPRO_LOCK):
+        git = ["git", "-C", str(path.parent)]
+        there = proc.run([*git, "cat-file", "-e", f"{commit}:./{path.name}"], check=False)
+        same = there.returncode == 0 and proc.run(
+            [*git, "diff", "--quiet", commit, "--", path.name], check=False).returncode == 0
+        if not same:
+            raise InputError(
+                f"{path} is {'not in' if there.returncode else 'not as in'} commit "
+                f"{commit[:12]}, and a fresh clone builds from what the commit holds",
+                hint=f"commit {path.relative_to(recipe.root)} (and push it), then write the "
+                     "runbook again")
 
 
 def _commit(project: Project, record: RunRecord) -> str | None:

@@ -130,7 +130,9 @@ class Validator:
         if not isinstance(value, str):
             raise self.error(
                 f"{key}.{name}", f"`{key}.{name}` must be a string, not {_kind(value)}",
-                hint=f'quote it: {name} = "{value}"' if isinstance(value, int | float) else "",
+                hint=(f'quote it: {name} = "{value}"' + (
+                    f' (with its unit, as "{value}s")' if name == "time-to-reproduce" else ""))
+                if isinstance(value, int | float) else "",
             )
         return value
 

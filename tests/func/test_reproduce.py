@@ -155,6 +155,17 @@ def test_a_tampered_snapshot_is_refused_and_each_missing_part_is_named(
                       "--data", f"train={project / 'data/train.csv'}")
     assert given.code == 0, given.err
     assert given.json["verdict"] == "reproduced"
+    # placed, but the env cannot be built (uv's cache is no folder): no verdict, and the
+    # folder is emptied so that the same -o takes the retry
+    unbuilt = reproduce(model, tmp_path / "unbuilt", home(
+        tmp_path, "d", UV_CACHE_DIR=str(project / "train.py" / "cache")), cache, public,
+        "--data", f"train={project / 'data/train.csv'}")
+    assert unbuilt.code == 3, unbuilt.err
+    assert "was emptied: what was placed there is made again by a retry" in unbuilt.err
+    assert not (tmp_path / "unbuilt").exists() or not any((tmp_path / "unbuilt").iterdir())
+    retried = reproduce(model, tmp_path / "unbuilt", home(tmp_path, "d"), cache, public,
+                        "--data", f"train={project / 'data/train.csv'}")
+    assert retried.code == 0, retried.err
 
     # pushed from a project that changed since the run: no snapshot, said so
     (project / "train.py").write_text((project / "train.py").read_text() + "# changed\n")

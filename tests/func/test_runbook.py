@@ -140,6 +140,14 @@ def test_a_runbook_is_refused_where_a_fresh_machine_could_not_follow_it(
     with_baseline = repro("runbook", cwd=project)
     assert with_baseline.code == 0, with_baseline.err
     assert "repro verify --locked" in with_baseline.out
+    # the recipe committed, its lock not: a clone could not build this env
+    subprocess.run(["git", "-C", project, "rm", "-q", "--cached", "-r", "lockfiles"], check=True)
+    subprocess.run(["git", "-C", project, "-c", "user.name=t", "-c", "user.email=t@e.org",
+                    "commit", "-qm", "no lock"], check=True)
+    unlocked = repro("runbook", cwd=project)
+    assert unlocked.code == 2, unlocked.err
+    assert "pylock.toml is not in commit" in unlocked.err
+    assert "commit lockfiles/digits-logreg/pylock.toml" in unlocked.err
     recipe.write_text(recipe.read_text().replace('"numpy>=2,<3"', '"numpy>=2,<3", "six"'))
     stale = repro("runbook", cwd=project)
     assert stale.code == 1 and "lock" in stale.err  # the commands say --locked

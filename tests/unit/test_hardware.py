@@ -72,7 +72,44 @@ def test_two_mixed_gpus_and_cuda_visible_devices_choosing_one(tmp_path: Path) ->
     assert seen(tmp_path, "mixed", CUDA_VISIBLE_DEVICES="-1") == []
 
 
-@pytest.mark.parametrize("visible", ["", " "])
+def test_cuda_order_is_kept_in_the_class(tmp_path: Path) -> None:
+    """cuda:0 is the first visible device: 1,0 and 0,1 are other machines to the code."""
+    swapped = seen(tmp_path, "mixed", CUDA_VISIBLE_DEVICES="1,0")
+    assert classes(swapped) == ["NVIDIA RTX A6000 (compute 8.6)",
+                                "NVIDIA A100 80GB PCIe (compute 8.0)"]
+    assert classes(swapped) != classes(seen(tmp_path, "mixed", CUDA_VISIBLE_DEVICES="0,1"))
+
+
+def hostile_smi(folder: Path, body: str) -> dict[str, str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "nvidia-smi"
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+    return {"PATH": f"{folder}:{os.environ['PATH']}"}
+
+
+@pytest.mark.parametrize("body", [
+    "echo 'not a csv at all'\n",
+    "printf '0, GPU-1, \\377\\376 bad, 9.0, 1 MiB, Disabled, 1\\n'\n",  # not UTF-8: replaced
+    "echo '0, GPU-1, Name, with, comma, 9.0, 1 MiB, Disabled, 1'\n",
+    "echo 'driver not loaded' >&2; exit 9\n",
+])
+def test_output_nvidia_smi_should_not_give_is_a_warning_never_a_crash(
+        tmp_path: Path, body: str, caplog: pytest.LogCaptureFixture) -> None:
+    found = hardware.gpus(hostile_smi(tmp_path / "bin", body))
+    assert all(g["name"].startswith(("Name", "\ufffd")) for g in found)
+    assert len(found) <= 1
+    assert found or caplog.records  # what was left out is said
+
+
+def test_a_hung_nvidia_smi_is_given_up_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(hardware, "SMI_TIMEOUT", 0.5)
+    assert hardware.gpus(hostile_smi(tmp_path / "bin", "exec sleep 30\n")) == []
+    assert "no answer after 0.5 s" in caplog.text
+
+
+@pytest.mark.parametrize("visible", ["", " ", "-1", "banana"])
 def test_no_visible_device_means_nvidia_smi_is_never_called(tmp_path: Path,
                                                              visible: str) -> None:
     assert seen(tmp_path, "h100", CUDA_VISIBLE_DEVICES=visible) == []
