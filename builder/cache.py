@@ -28,8 +28,8 @@ from builder import faults, hashing, leases, seal
 from builder.env import read_manifest
 from builder.errors import StoreError
 from builder.progress import progress
-from builder.records import RunRecord
-from builder.store import Store, remove_tree
+from builder.records import EnvManifest, RunRecord
+from builder.store import Envs, Store, remove_tree
 
 
 def _size(path: Path) -> int:
@@ -43,28 +43,41 @@ def _size(path: Path) -> int:
     return total
 
 
+def _areas(store: Store) -> dict[str, Envs]:
+    """Each backend's environments: virtualenvs, and the Nix backend's manifests."""
+    return {"venv": store.envs, "nix": store.nix_envs}
+
+
+def _files(folder: Path, manifest: EnvManifest) -> Path:
+    """Where an env's files are: its folder, or (Nix) its store path."""
+    return Path(manifest.nix["path"]) if manifest.nix else folder
+
+
 def list_envs(store: Store) -> list[dict[str, Any]]:
-    """Every complete environment: id, recipe, Python, packages, size, last use."""
+    """Every complete environment: id, backend, recipe, Python, packages, size, last use."""
     out = []
-    for env_id in store.envs.ids():
-        path = store.envs.path(env_id)
-        try:
-            manifest = read_manifest(path)
-        except StoreError as exc:
-            out.append({"env": env_id, "recipe": "?", "python": "?", "packages": 0,
-                        "path": str(path), "size": _size(path), "last_used": "",
-                        "problem": exc.message})
-            continue
-        used = dt.datetime.fromtimestamp(store.envs.last_used(env_id), dt.UTC)
-        out.append({
-            "env": manifest.env,
-            "recipe": manifest.recipe,
-            "python": manifest.python,
-            "packages": len(manifest.packages),
-            "path": str(path),
-            "size": _size(path),
-            "last_used": used.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        })
+    for backend, area in _areas(store).items():
+        for env_id in area.ids():
+            path = area.path(env_id)
+            try:
+                manifest = read_manifest(path)
+            except StoreError as exc:
+                out.append({"env": env_id, "backend": backend, "recipe": "?", "python": "?",
+                            "packages": 0, "path": str(path), "size": _size(path),
+                            "last_used": "", "problem": exc.message})
+                continue
+            used = dt.datetime.fromtimestamp(area.last_used(env_id), dt.UTC)
+            files = _files(path, manifest)
+            out.append({
+                "env": manifest.env,
+                "backend": backend,
+                "recipe": manifest.recipe,
+                "python": manifest.python,
+                "packages": len(manifest.packages),
+                "path": str(files),
+                "size": _size(files),
+                "last_used": used.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            })
     return out
 
 
@@ -153,26 +166,33 @@ def _remove(path: Path) -> None:
 
 def _envs(store: Store, report: _Report, advance: Any) -> None:
     count = 0
-    for env_id in store.envs.ids():
-        path = store.envs.path(env_id)
-        count += 1
-        try:
-            manifest = read_manifest(path)
-            if manifest.tree is None:
-                continue  # built before sealing: sealed as it is when next used
-            content, _ = seal.tree(path)
-            advance(_size(path))
-            if content == manifest.tree:
-                continue
-            problem = "its files differ from what was sealed when it was built"
-        except StoreError as exc:
-            problem = exc.message
-        report.add("envs", path, problem, "set aside to quarantine/ (rebuilt when next used); "
-                   "the run keys answered by runs made in it train again",
-                   lambda e=env_id: (store.envs.set_aside(e), store.records.drop_answers(e)))
-    for stray in store.envs.strays():
-        report.add("envs", stray, "a folder in envs/ that is no environment (no manifest)",
-                   "removed", lambda p=stray: _remove(p))
+    for backend, area in _areas(store).items():
+        for env_id in area.ids():
+            path = where = area.path(env_id)
+            count += 1
+            try:
+                manifest = read_manifest(path)
+                if manifest.tree is None:
+                    continue  # built before sealing: sealed as it is when next used
+                files = where = _files(path, manifest)
+                content, _ = seal.tree(files)
+                advance(_size(files))
+                if content == manifest.tree:
+                    continue
+                problem = "its files differ from what was sealed when it was built"
+            except (StoreError, OSError) as exc:
+                problem = getattr(exc, "message", None) or str(exc)
+            fix = ("set aside to quarantine/ (rebuilt when next used); the run keys answered "
+                   "by runs made in it train again") if backend == "venv" else (
+                   "its manifest set aside to quarantine/ (the next build has Nix repair the "
+                   "store path); the run keys answered by runs made in it train again")
+            runner = None if backend == "venv" else backend
+            report.add("envs", where, problem, fix,
+                       lambda a=area, e=env_id, r=runner: (
+                           a.set_aside(e), store.records.drop_answers(e, runner=r)))
+        for stray in area.strays():
+            report.add("envs", stray, f"a folder in {area.root.name}/ that is no environment "
+                       "(no manifest)", "removed", lambda p=stray: _remove(p))
     report.checked["envs"] = count
 
 
@@ -226,7 +246,7 @@ def verify(store: Store, *, repair: bool = False) -> dict[str, Any]:
                    lambda p=link: p.unlink(missing_ok=True))
     everything = [(digest, path, path.stat().st_size) for digest, path in store.blobs.all()]
     total = sum(size for _, _, size in everything)
-    envs = sum(_size(store.envs.path(e)) for e in store.envs.ids())
+    envs = sum(env["size"] for env in list_envs(store))
     started = time.perf_counter()
     bad: set[str] = set()
     for stray in store.blobs.strays():
@@ -275,10 +295,11 @@ def _reachable(store: Store, keep: set[str], gone: set[str], dry_run: bool) -> s
             reached |= {o.digest for o in record.outputs}
             reached |= {d.digest for d in record.data.values()}  # fetched or pulled data
             reached.add(record.software.pylock)
-    for env_id in store.envs.ids():
-        if str(store.envs.path(env_id)) not in gone:
-            with contextlib.suppress(StoreError):
-                reached.add(read_manifest(store.envs.path(env_id)).pylock)
+    for area in _areas(store).values():
+        for env_id in area.ids():
+            if str(area.path(env_id)) not in gone:
+                with contextlib.suppress(StoreError):
+                    reached.add(read_manifest(area.path(env_id)).pylock)
     for meta in store.layers.root.glob("*.json"):
         with contextlib.suppress(ValueError, KeyError, TypeError):
             if str(meta) not in gone:
@@ -325,9 +346,9 @@ class _Collector:
             self.drop(path, why)
 
     def unused_envs(self) -> None:
-
-        envs = self.store.envs
+        areas = _areas(self.store)
         for env in list_envs(self.store):
+            envs = areas[env["backend"]]
             if envs.last_used(env["env"]) > self.cutoff and "problem" not in env:
                 continue
             try:
@@ -339,16 +360,31 @@ class _Collector:
                                          "bytes": env["size"]})
                     if not self.dry_run:
                         envs.remove(env["env"])
+                        if env["backend"] == "nix":
+                            from builder import nix  # noqa: PLC0415
+
+                            nix.unroot(self.store, env["env"], env["path"])
             except leases.Busy:
                 self.envs.add(env["env"])  # being built or checked right now
+
+    def nix_roots(self) -> None:
+        """Nix gc roots of envs repro no longer has (so `nix-store --gc` may free them)."""
+        roots = self.store.nix_roots
+        ready = {e.removeprefix(hashing.PREFIX) for e in self.store.nix_envs.ids()}
+        for root in sorted(roots.iterdir()) if roots.is_dir() else []:
+            if root.name not in ready and root.is_symlink():
+                self.drop(root, "Nix gc root of an env repro no longer has")
 
     def leftovers(self) -> None:
         """What killed builds, runs and blob writes left (never a live one's)."""
         store = self.store
-        for staging in store.envs.leftovers(min_age=0):  # .tmp-<env>-…, .trash-<env>-…
-            self.leftover(staging, "staging folder of a build that died")
-        for stray in store.envs.strays():
-            self.leftover(stray, "a folder in envs/ that is no environment (no manifest)")
+        for area in _areas(store).values():
+            for staging in area.leftovers(min_age=0):  # .tmp-<env>-…, .trash-<env>-…
+                self.leftover(staging, "staging folder of a build that died")
+            for stray in area.strays():
+                self.leftover(stray, f"a folder in {area.root.name}/ that is no environment "
+                                     "(no manifest)")
+        self.nix_roots()
         for scratch in store.scratches():
             self.leftover(scratch, "scratch folder of a command that died")
         for sandbox in store.sandboxes.leftovers(prune=not self.dry_run):

@@ -7,7 +7,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -188,16 +188,17 @@ def _result(project: Project, *, cached: bool, started: float) -> BuildResult:
                        project.relocked, time.perf_counter() - started)
 
 
-def exec_in(project: Project, argv: Sequence[str], *,
-            capture: bool = False) -> tuple[BuildResult, int]:
-    """Run a command inside the project's environment, building it first if needed.
+def exec_in(project: Project, argv: Sequence[str], *, capture: bool = False,
+            builder: Callable[[Project], BuildResult] | None = None) -> tuple[BuildResult, int]:
+    """Run a command inside the project's environment (the virtualenv, or what `builder`
+    builds: `nix.build`), building it first if needed.
 
     Returns the build result and the command's exit status.
     """
     if not argv:
         raise InputError("no command given", hint="write the command after --: "
                                                   "repro exec -- python -c 'import numpy'")
-    built = build(project)
+    built = (builder or build)(project)
     return built, proc.call(argv, env=proc.clean_env(activate(built.path)), cwd=project.root,
                             to_stderr=capture)
 

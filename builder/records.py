@@ -258,9 +258,14 @@ class EnvManifest:
     tree: str | None = None  # seal.tree: every entry's content (None: built before sealing)
     fingerprint: str | None = None  # seal.fingerprint: every entry's size and mtime
     files: int | None = None
+    # the Nix backend's facts: store_path, drv, root, tool, version, path, added, impure
+    nix: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"schema": MANIFEST_SCHEMA, **plain(self)}
+        out = {"schema": MANIFEST_SCHEMA, **plain(self)}
+        if self.nix is None:  # a virtualenv's manifest, as before
+            del out["nix"]
+        return out
 
     def encode(self) -> bytes:
         return hashing.canonical_json(self.to_json())
@@ -285,7 +290,7 @@ class EnvManifest:
                 raise ValueError(f"pylock is {str(d['pylock'])[:80]!r}, not blake3:<64 hex>")
             return cls(d["env"], d["recipe"], d["python"], d["platform"], d["pylock"],
                        dict(d["packages"]), d["builder"], d.get("tree"), d.get("fingerprint"),
-                       d.get("files"))
+                       d.get("files"), d.get("nix"))
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"{path} is not an environment manifest repro can read: "
                              f"{why(exc)}",

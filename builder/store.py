@@ -88,7 +88,8 @@ def atomic_write(path: Path, data: bytes) -> None:
 # Every area of the store (and objects/tmp): `Store.open` refuses a store where one is a link.
 AREAS = ("objects", "objects/tmp", "sha256", "quarantine", "envs", "locks", "leases", "runs",
          "by-recipe", "by-output", "verifications", "layers", "bases", "images", "sandbox",
-         "tmp", "cache", "runtime", "logs", "buildah", "blobs")
+         "tmp", "cache", "runtime", "logs", "buildah", "blobs", "nix", "nix/envs",
+         "nix/roots", "nix/locks")
 
 
 def _hex(digest: str) -> str:
@@ -116,11 +117,12 @@ def _file_lock(path: Path, timeout: float) -> contextlib.AbstractContextManager[
 class Envs:
     """Materialised environments: `<env id>/`, staged beside and published by one rename."""
 
-    __slots__ = ("locks", "root")
+    __slots__ = ("locks", "quarantine", "root")
 
-    def __init__(self, root: Path, locks: Path) -> None:
+    def __init__(self, root: Path, locks: Path, quarantine: Path) -> None:
         self.root = root
         self.locks = locks
+        self.quarantine = quarantine
 
     def path(self, env_id: str) -> Path:
         return self.root / _hex(env_id)
@@ -203,7 +205,7 @@ class Envs:
         import datetime as dt  # noqa: PLC0415
 
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
-        dest = self.root.parent / "quarantine" / f"env-{_hex(env_id)[:12]}-{stamp}"
+        dest = self.quarantine / f"env-{_hex(env_id)[:12]}-{stamp}"
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.rename(self.path(env_id), dest)
         return dest
@@ -304,18 +306,19 @@ class Records:
                              + ": the pointer is damaged", path)
         return digest, record
 
-    def drop_answers(self, env_id: str) -> list[Path]:
-        """Stop every record made in an env from answering its key (the env was found
-        tampered: what ran in it is not trusted, so those keys train again). The records
-        stay, as history. Returns the pointers removed."""
+    def drop_answers(self, env_id: str, *, runner: str | None = None) -> list[Path]:
+        """Stop every record made in an env (by `runner`, or any) from answering its key
+        (the env was found tampered: what ran in it is not trusted, so those keys train
+        again). The records stay, as history. Returns the pointers removed."""
         dropped = []
         for pointer in self.pointers():
             digest = hashing.read_digest(pointer)
             try:
-                made_in = self.get(digest).env if digest else None
+                record = self.get(digest) if digest else None
             except StoreError:
                 continue
-            if made_in == env_id:
+            if record is not None and record.env == env_id \
+                    and runner in (None, record.runner):
                 pointer.unlink(missing_ok=True)
                 dropped.append(pointer)
         return dropped
@@ -574,7 +577,22 @@ class Store:
 
     @functools.cached_property
     def envs(self) -> Envs:
-        return Envs(self.root / "envs", self.root / "locks")
+        return Envs(self.root / "envs", self.root / "locks", self.root / "quarantine")
+
+    @functools.cached_property
+    def nix_envs(self) -> Envs:
+        """Nix environments: `nix/envs/<env id>/` holds the manifest and the expression; the
+        files are in the Nix store, kept by the gc root `nix/roots/<env id>`."""
+        return Envs(self.root / "nix" / "envs", self.root / "nix" / "locks",
+                    self.root / "quarantine")
+
+    @property
+    def nix_roots(self) -> Path:
+        """The gc roots (`nix-build --out-link`) that keep Nix envs in the Nix store."""
+        return self.root / "nix" / "roots"
+
+    def nix_root(self, env_id: str) -> Path:
+        return self.nix_roots / _hex(env_id)
 
     @functools.cached_property
     def records(self) -> Records:

@@ -61,6 +61,9 @@ def lock_cmd(recipe: str | None, machine: Any, offline: bool, resolver: str,
 @click.option("--locked", is_flag=True, help="Fail if the lock is out of date.")
 @click.option("--frozen", is_flag=True, help="Use the lock without checking it.")
 @click.option("--image", is_flag=True, help="Build an OCI image instead of a virtualenv.")
+@click.option("--backend", type=click.Choice(["venv", "nix"]), default="venv",
+              show_default=True, help="What builds the environment: uv into a virtualenv, or "
+                                      "Nix (nix-build or nix-portable from PATH).")
 @click.option("-o", "--output", type=click.Path(file_okay=False), metavar="DIR",
               help="With --image: the OCI layout folder [default: $REPRO_HOME/images/<name>]; "
                    "the docker-load archive is DIR.tar.")
@@ -69,8 +72,8 @@ def lock_cmd(recipe: str | None, machine: Any, offline: bool, resolver: str,
                                            "Docker API service) at DOCKER_HOST.")
 @_remote_flags
 def build_cmd(recipe: str | None, machine: Any, offline: bool, locked: bool,
-              frozen: bool, image: bool, output: str | None, push: str | None,
-              load: bool, remote: Any) -> None:
+              frozen: bool, image: bool, backend: str, output: str | None,
+              push: str | None, load: bool, remote: Any) -> None:
     """Materialise the lock as a virtualenv in the store (a lookup if it exists), or with
     --image as a reproducible OCI image (layout and docker-load archive); an image's package
     layers come from the remote cache where it has them (a virtualenv is always built here,
@@ -99,7 +102,10 @@ def build_cmd(recipe: str | None, machine: Any, offline: bool, locked: bool,
         return
     if output or push is not None or load:
         raise click.UsageError("--output, --push and --load go with --image")
-    from builder.env import build  # noqa: PLC0415
+    if backend == "nix":
+        from builder.nix import build  # noqa: PLC0415
+    else:
+        from builder.env import build  # noqa: PLC0415
 
     result = build(_project(recipe, _mode(locked, frozen), offline=offline, machine=machine))
     state = "cached" if result.cached else f"built in {result.seconds:.1f}s"
@@ -112,17 +118,24 @@ def build_cmd(recipe: str | None, machine: Any, offline: bool, locked: bool,
 @_sources
 @click.option("--locked", is_flag=True, help="Fail if the lock is out of date.")
 @click.option("--frozen", is_flag=True, help="Use the lock without checking it.")
+@click.option("--in", "where", type=click.Choice(["venv", "nix"]), default="venv",
+              show_default=True, help="The virtualenv, or the lock built by Nix.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def exec_cmd(recipe: str | None, machine: Any, offline: bool, locked: bool, frozen: bool,
-             command: tuple[str, ...]) -> None:
+             where: str, command: tuple[str, ...]) -> None:
     """Run COMMAND inside the recipe's environment (built first if needed).
 
     With --json the command's stdout goes to stderr and one JSON object is printed at the end.
     """
     from builder.env import exec_in  # noqa: PLC0415
 
+    builder = None
+    if where == "nix":
+        from builder import nix  # noqa: PLC0415
+
+        builder = nix.build
     built, code = exec_in(_project(recipe, _mode(locked, frozen), offline=offline,
-                                   machine=machine), command, capture=OUT.json)
+                                   machine=machine), command, capture=OUT.json, builder=builder)
     _emit({"env": built.env, "path": str(built.path), "command": list(command),
            "exit_code": code}, "")
     raise click.exceptions.Exit(code)
@@ -161,7 +174,7 @@ def cache_ls(recipe: str | None) -> None:
 
     store = _store()
     envs = list_envs(store)
-    rows = [f"{e['env'][7:19]}  {e['recipe']:<20} Python {e['python']:<8} "
+    rows = [f"{e['env'][7:19]}  {e['backend']:<4} {e['recipe']:<20} Python {e['python']:<8} "
             f"{e['packages']:>4} pkgs  {e['size'] / 1e6:8.1f} MB  used {e['last_used']}"
             for e in envs]
     _emit({"store": str(store.root), "envs": envs},

@@ -37,9 +37,10 @@ from builder.cli.shell import (
 @click.option("--keep-sandbox", is_flag=True,
               help="Keep the run's private folder (what the command wrote besides its "
                    "outputs) and print where it is.")
-@click.option("--in", "where", type=click.Choice(["venv", "image"]), default="venv",
-              show_default=True, help="Run in the env's virtualenv, or inside its OCI image "
-                                      "(through buildah; the image digest joins the run key).")
+@click.option("--in", "where", type=click.Choice(["venv", "image", "nix"]), default="venv",
+              show_default=True, help="Run in the env's virtualenv, inside its OCI image "
+                                      "(through buildah; the image digest joins the run key), "
+                                      "or in the lock built by Nix (`build --backend nix`).")
 @click.option("--push", "push", is_flag=True,
               help="Push the run (trained or found) to the remote cache.")
 @click.option("--no-data", is_flag=True, help="With --push: keep the data inputs off the "
@@ -80,7 +81,7 @@ def run_cmd(recipe: str | None, machine: Any, offline: bool, locked: bool, froze
     elif push and cache is not None and result.source != "remote":
         click.echo(f"warning: the run was not pushed: the remote {cache.url} failed "
                    f"({cache.failed or 'see above'}); push it later with `repro push "
-                   f"{r.run_key[7:19]}`", err=True)
+                   f"{r.run_key[7:19]} --remote {cache.url}`", err=True)
     _emit({**result.to_json(), **({"pushed": shared.to_json()} if shared else {})},
           "\n".join(lines))
 
@@ -158,7 +159,7 @@ def show_cmd(recipe: str | None, run: str | None) -> None:
 @_sources
 @click.argument("target", required=False, metavar="[RECIPE|RUN]")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
-              help="Write it to FILE [default: stdout].")
+              help="Write it to FILE (`-` or none: stdout).")
 def runbook_cmd(recipe: str | None, machine: Any, offline: bool, target: str | None,
                 output: str | None) -> None:
     """Write a Markdown runbook that takes a person on a fresh machine to a recorded model:
@@ -173,6 +174,7 @@ def runbook_cmd(recipe: str | None, machine: Any, offline: bool, target: str | N
 
     if target is not None and Path(target).exists():
         recipe, target = target, None
+    output = None if output == "-" else output
     project = _project(recipe, "locked", offline=offline, machine=machine)
     if output and not Path(output).resolve().parent.is_dir():  # before anything is read
         raise click.BadParameter(f"{Path(output).resolve().parent} does not exist",
@@ -212,6 +214,26 @@ def export_provenance(recipe: str | None, run: str | None, output: str | None) -
         echo(json.dumps(statement(store, digest, record), sort_keys=True))
     else:
         echo(text)
+
+
+@export.command("nix")
+@_common
+@click.option("-o", "--output", type=click.Path(file_okay=False), metavar="DIR",
+              help="Where to write it [default: nix/ beside the recipe].")
+def export_nix(recipe: str | None, output: str | None) -> None:
+    """Write the lock as data for Nix (lock.json: every wheel's URL and sha256) with the
+    expression that builds it (default.nix) and its builder; `nix-build DIR --option sandbox
+    false` builds the environment by hand (the comment in default.nix says more)."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from builder.nix import export as write  # noqa: PLC0415
+
+    project = _project(recipe, "locked")
+    folder = Path(output).resolve() if output else project.recipe.root / "nix"
+    written = write(project, folder)
+    _emit({"folder": str(folder), "files": [str(p) for p in written]},
+          f"wrote {folder}: {', '.join(p.name for p in written)}\n"
+          f"  build it: nix-build {folder} --option sandbox false")
 
 
 @export.command("dockerfile")

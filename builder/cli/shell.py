@@ -228,7 +228,12 @@ def _mode(locked: bool, frozen: bool) -> str:
 
 
 def _runner(where: str, project: Any) -> Any:
-    """The runner the user chose: the env's virtualenv, or the recipe's image."""
+    """The runner the user chose: the env's virtualenv, the recipe's image, or the lock built
+    by Nix."""
+    if where == "nix":
+        from builder.nix import NixRunner  # noqa: PLC0415
+
+        return NixRunner(project)
     if where == "image":
         from builder.image.runner import ImageRunner  # noqa: PLC0415
 
