@@ -175,6 +175,11 @@ def _envs(store: Store, report: _Report, advance: Any) -> None:
                 if manifest.tree is None:
                     continue  # built before sealing: sealed as it is when next used
                 files = where = _files(path, manifest)
+                if manifest.nix and not files.is_dir():
+                    raise StoreError(f"its Nix store path {files} is gone (collected by Nix's "
+                                     "gc?)", files)
+                if manifest.nix:
+                    _rooted(store, env_id, manifest, report)
                 content, _ = seal.tree(files)
                 advance(_size(files))
                 if content == manifest.tree:
@@ -194,6 +199,18 @@ def _envs(store: Store, report: _Report, advance: Any) -> None:
             report.add("envs", stray, f"a folder in {area.root.name}/ that is no environment "
                        "(no manifest)", "removed", lambda p=stray: _remove(p))
     report.checked["envs"] = count
+
+
+def _rooted(store: Store, env_id: str, manifest: EnvManifest, report: _Report) -> None:
+    """A Nix env's gc root must be there, or Nix's gc may take the env."""
+    root = store.nix_root(env_id)
+    if root.is_symlink() and os.readlink(root) == (manifest.nix or {}).get("store_path"):
+        return
+    from builder import nix  # noqa: PLC0415
+
+    report.add("envs", root, f"the gc root of Nix env {env_id[7:19]} is gone: "
+               "nix-collect-garbage may delete the env", "made again",
+               lambda: nix.reroot(store, env_id))
 
 
 def _aliases(store: Store, report: _Report) -> None:

@@ -69,29 +69,55 @@ def sources() -> dict[str, bytes]:
 
 # -- the lock as data ---------------------------------------------------------------------
 def _wheel(pkg: Package, python: str, platform: str, recipe: Path) -> Artefact:
-    """The package's wheel for this interpreter and platform (a lock made for one target
-    holds one; of several, the first whose tags fit)."""
+    """The package's wheel for this interpreter and platform: of several, the one whose best
+    tag comes first in the target's tag order (as pip and uv choose), so both backends
+    install the same file.
+
+    Raises:
+        InputError: the lock has no wheel of it that fits (only an sdist, or other targets').
+    """
     from packaging.utils import InvalidWheelFilename, parse_wheel_filename  # noqa: PLC0415
 
-    cp = "cp" + python.replace(".", "")[:3]
-    arch = platform.split("/")[1]
-    fitting = []
+    order = {tag: rank for rank, tag in enumerate(_tags(python, platform))}
+    ranked = []
     for wheel in pkg.wheels:
         try:
             tags = parse_wheel_filename(wheel.filename)[3]
         except InvalidWheelFilename:
             continue
-        if any(t.interpreter in (cp, "py3", "py" + python[0]) and t.abi in (cp, "abi3", "none")
-               and (t.platform == "any" or t.platform.endswith(arch)) for t in tags):
-            fitting.append(wheel)
-    if len(pkg.wheels) == 1 or fitting:
-        return (fitting or list(pkg.wheels))[0]
+        best = min((order[t] for t in tags if t in order), default=None)
+        if best is not None:
+            ranked.append((best, wheel.filename, wheel))
+    if ranked:
+        return min(ranked)[2]
     what = "only an sdist" if pkg.sdist and not pkg.wheels else "no wheel for this target"
     raise InputError(
         f"{recipe}: {pkg.name} {pkg.version} has {what} in the lock: the Nix backend installs "
         "wheels only (it never runs a package's build)",
-        hint=f"build a wheel of {pkg.name} (`uv build --wheel`), put it in a --find-links "
-             "folder and re-lock, or use the virtualenv backend (`repro build`)")
+        hint=f"publish a wheel of {pkg.name} where the recipe's [[environment.sources]] "
+             "point and re-lock, or use the virtualenv backend (`repro build`)")
+
+
+def _tags(python: str, platform: str) -> list[Any]:
+    """The tags a CPython of `python` on `platform` accepts, best first: this machine's
+    platform tags (its glibc's manylinux levels) where the target is this machine's kind."""
+    import platform as host  # noqa: PLC0415
+
+    from packaging import tags  # noqa: PLC0415
+
+    version = tuple(int(p) for p in python.split(".")[:2])
+    system, arch = platform.split("/")
+    here = {"Linux": "linux", "Darwin": "macos"}.get(host.system()) == system \
+        and host.machine() in (arch, "arm64" if arch == "aarch64" else arch)
+    if here:
+        plats = list(tags.platform_tags())
+    elif system == "macos":
+        plats = list(tags.mac_platforms((15, 0), arch))
+    else:  # another machine's kind: the manylinux levels Nix's glibc (2.3x) accepts
+        plats = [f"manylinux_2_{minor}_{arch}" for minor in range(40, 16, -1)] + [
+            f"manylinux2014_{arch}", f"linux_{arch}"]
+    return [*tags.cpython_tags(version, platforms=plats),
+            *tags.compatible_tags(version, f"cp{version[0]}{version[1]}", plats)]
 
 
 def sri(sha256_hex: str) -> str:
@@ -135,8 +161,10 @@ def render(project: Project, python: Path) -> dict[str, Any]:
 
 
 def _store_name(name: str) -> str:
-    """A name Nix accepts in a store path ([A-Za-z0-9+._?=-], not starting with a dot)."""
-    return re.sub(r"[^A-Za-z0-9+._?=-]", "-", name).lstrip(".") or "env"
+    """A name Nix accepts for a derivation ([A-Za-z0-9+._?=-], no leading dot, not ending
+    in .drv)."""
+    clean = re.sub(r"[^A-Za-z0-9+._?=-]", "-", name).lstrip(".") or "env"
+    return clean[:-4] + "-drv" if clean.endswith(".drv") else clean
 
 
 def rendered_bytes(rendered: dict[str, Any]) -> bytes:
@@ -266,6 +294,7 @@ def build(project: Project) -> BuildResult:
     envs.use(env_id)
     if envs.ready(env_id) and _intact(project, env_id):
         envs.touch(env_id)
+        reroot(project.store, env_id, nix)
         return _result(project, cached=True, started=started)
     with envs.locked(env_id):
         if envs.ready(env_id) and _intact(project, env_id):
@@ -392,6 +421,20 @@ def _result(project: Project, *, cached: bool, started: float) -> BuildResult:
     return BuildResult(env_id, Path((manifest.nix or {})["path"]), cached, manifest.python,
                        len(manifest.packages), project.relocked,
                        time.perf_counter() - started)
+
+
+def reroot(store: Store, env_id: str, nix: Nix | None = None) -> bool:
+    """Make the env's gc root again where it is gone or points elsewhere (so Nix's gc never
+    takes a store path repro uses); True when it had to."""
+    manifest = read_manifest(store.nix_envs.path(env_id))
+    out, root = (manifest.nix or {}).get("store_path"), store.nix_root(env_id)
+    if out is None or (root.is_symlink() and os.readlink(root) == out):
+        return False
+    root.parent.mkdir(parents=True, exist_ok=True)
+    root.unlink(missing_ok=True)
+    (nix or find()).run("nix-store", "--realise", out, "--add-root", str(root), "--indirect")
+    log.warning("the gc root %s of env %s was gone; made again", root, env_id[7:19])
+    return True
 
 
 def unroot(store: Store, env_id: str, store_path: str) -> None:

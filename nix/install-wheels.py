@@ -73,10 +73,12 @@ def install(wheel: Path, site: Path, places: dict[str, Path], python: str) -> No
             mode = (info.external_attr >> 16) & 0o777
             if mode & 0o111 or dest.parent == places["scripts"]:
                 dest.chmod(0o755)
-            if dest.name == "entry_points.txt" and dest.parent.name.endswith(".dist-info"):
-                _scripts(dest, places["scripts"], python)
-            if dest.name == "INSTALLER" and dest.parent.name.endswith(".dist-info"):
-                dest.write_text("repro-nix\n")
+            # the wheel's own .dist-info only (a vendored copy deeper down names no scripts)
+            if dest.parent.parent == site and dest.parent.name.endswith(".dist-info"):
+                if dest.name == "entry_points.txt":
+                    _scripts(dest, places["scripts"], python)
+                elif dest.name == "INSTALLER":
+                    dest.write_text("repro-nix\n")
 
 
 def _destination(member: PurePosixPath, site: Path, places: dict[str, Path],

@@ -107,9 +107,17 @@ def build_cmd(recipe: str | None, machine: Any, offline: bool, locked: bool,
     else:
         from builder.env import build  # noqa: PLC0415
 
-    result = build(_project(recipe, _mode(locked, frozen), offline=offline, machine=machine))
+    project = _project(recipe, _mode(locked, frozen), offline=offline, machine=machine)
+    result = build(project)
     state = "cached" if result.cached else f"built in {result.seconds:.1f}s"
-    _emit(result.to_json(), f"{result.path} ({state}, Python {result.python}, "
+    shown = {**result.to_json(), "backend": backend}
+    if backend == "nix":
+        from builder.env import read_manifest  # noqa: PLC0415
+
+        facts = read_manifest(project.store.nix_envs.path(result.env)).nix or {}
+        shown["nix"] = {k: facts.get(k) for k in ("store_path", "drv", "root", "tool",
+                                                  "version", "added", "impure")}
+    _emit(shown, f"{result.path} ({state}, Python {result.python}, "
                             f"{result.packages} packages)")
 
 

@@ -224,6 +224,7 @@ def export_nix(recipe: str | None, output: str | None) -> None:
     """Write the lock as data for Nix (lock.json: every wheel's URL and sha256) with the
     expression that builds it (default.nix) and its builder; `nix-build DIR --option sandbox
     false` builds the environment by hand (the comment in default.nix says more)."""
+    import shlex  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
     from builder.nix import export as write  # noqa: PLC0415
@@ -233,7 +234,7 @@ def export_nix(recipe: str | None, output: str | None) -> None:
     written = write(project, folder)
     _emit({"folder": str(folder), "files": [str(p) for p in written]},
           f"wrote {folder}: {', '.join(p.name for p in written)}\n"
-          f"  build it: nix-build {folder} --option sandbox false")
+          f"  build it: nix-build {shlex.quote(str(folder))} --option sandbox false")
 
 
 @export.command("dockerfile")

@@ -105,6 +105,14 @@ def test_build_and_run_in_nix_give_the_venv_s_model_and_rebuild_bit_for_bit(
     assert root.resolve() == store_path
     again = repro("build", "--backend", "nix", "--json", cwd=project)
     assert again.json["cached"] is True
+    assert again.json["nix"]["drv"] == manifest["nix"]["drv"]
+    # a gc root removed by hand: said by cache verify, made again by the next use
+    root.unlink()
+    unrooted = repro("cache", "verify", "--json", cwd=project)
+    assert unrooted.code == 1
+    assert [p["path"] for p in unrooted.json["problems"]] == [str(root)]
+    assert repro("build", "--backend", "nix", cwd=project).code == 0
+    assert root.resolve() == store_path
 
     in_nix = repro("run", "--in", "nix", "--json", cwd=project)
     assert in_nix.code == 0, in_nix.err
@@ -171,6 +179,10 @@ def test_the_torch_example_builds_in_nix_from_the_wheel_folder(tmp_path: Path) -
     if not there:  # download.pytorch.org is not reachable here: it came from the folder
         assert f"Added {TORCH_WHEEL} to the Nix store from {MACHINE_WHEELS}" in built.err
     assert expected.is_file()
+    env = Path(built.out.split()[0])
+    assert (env / "bin" / "torchrun").is_file()  # torch's own console script
+    # setuptools vendors wheel's .dist-info: its entry points are no scripts of this env
+    assert not (env / "bin" / "wheel").exists()
     in_nix = repro("run", "--in", "nix", "--find-links", MACHINE_WHEELS, "--json", cwd=copy)
     assert in_nix.code == 0, in_nix.err
     nix_model = (copy / "model.pt").read_bytes()

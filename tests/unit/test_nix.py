@@ -4,6 +4,7 @@ lines are checked as built), wheel choice, and how Nix's failures are explained.
 from __future__ import annotations
 
 import base64
+import platform
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,13 @@ def test_the_wheel_for_the_target_is_chosen_and_an_sdist_only_package_refused() 
     both = Package("numpy", "2.4.6", wheels=(mac, linux))
     assert nix._wheel(both, "3.11", "linux/x86_64", Path("pylock.toml")) == linux
     assert nix._wheel(both, "3.11", "macos/arm64", Path("pylock.toml")) == mac
+    # as pip and uv choose: the best tag, not the first wheel (protobuf ships both)
+    abi3 = Artefact(f"{FILES}/protobuf-7.36.2-cp310-abi3-manylinux2014_x86_64.whl", "d" * 64)
+    pure = Artefact(f"{FILES}/protobuf-7.36.2-py3-none-any.whl", "e" * 64)
+    musl = Artefact(f"{FILES}/protobuf-7.36.2-cp310-abi3-musllinux_1_1_x86_64.whl", "f" * 64)
+    protobuf = Package("protobuf", "7.36.2", wheels=(pure, musl, abi3))
+    if platform.machine() == "x86_64" and platform.libc_ver()[0] == "glibc":
+        assert nix._wheel(protobuf, "3.11", "linux/x86_64", Path("pylock.toml")) == abi3
     sdist_only = Package("pyyaml", "6.0.2", sdist=Artefact(f"{FILES}/pyyaml-6.0.2.tar.gz",
                                                            "c" * 64))
     with pytest.raises(InputError) as caught:
@@ -86,3 +94,9 @@ def test_a_hash_mismatch_says_the_lock_was_edited() -> None:
 def test_the_shipped_expressions_are_the_checkouts() -> None:
     root = Path(__file__).resolve().parents[2]
     assert nix.sources() == {name: (root / "nix" / name).read_bytes() for name in nix.FILES}
+
+
+@pytest.mark.parametrize(("name", "stored"), [("digits-logreg", "digits-logreg"),
+                                              ("t14.drv", "t14-drv"), (".x", "x")])
+def test_a_recipe_name_becomes_a_derivation_name_nix_accepts(name: str, stored: str) -> None:
+    assert nix._store_name(name) == stored
