@@ -5,6 +5,7 @@
     runs.py     run, lookup, runs, show, export
     verify.py   baseline, verify, diff, history
     remote.py   push, pull, remote ls|rm, key generate
+    adopt.py    audit, init
     here        `main`: every way a command can end, mapped to a documented exit code
 """
 
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 import click
 
 from builder import errors
-from builder.cli import envs, remote, runs, verify  # noqa: F401  (each registers its commands)
+from builder.cli import adopt, envs, remote, runs, verify  # noqa: F401  (each registers its commands)
 from builder.cli.shell import OUT, PipeClosed, _logging, _store, cli, log
 from builder.errors import EXIT_INTERRUPTED, ReproError
 

@@ -40,7 +40,8 @@ def test_build_passes_exactly_its_flags_to_the_library(
     monkeypatch.setenv("REPRO_FIND_LINKS", f"{w1}:{w2}")
     code, out, _ = run(capsys, "build", "-r", str(ROOT), "--locked", "--offline", "--json")
     assert code == 0
-    assert json.loads(out) == {"cached": True, "env": "blake3:" + "0" * 64, "packages": 1,
+    assert json.loads(out) == {"backend": "venv", "cached": True, "env": "blake3:" + "0" * 64,
+                               "packages": 1,
                                "path": "/store/envs/0", "python": "3.11.7", "relocked": False,
                                "seconds": 0.0}
     assert seen["recipe"].path == ROOT / "repro.toml"
