@@ -114,9 +114,9 @@ def audit(root: Path, *, stale_after: float = 30) -> list[Finding]:
                                     exc.hint or "fix the recipe"))
     files = python_files(root)  # the recipe's code where it has one, else every .py file
     code = pyscan.scan(root, [f for f in files if recipe is None or selects(recipe, f)])
-    findings += [Finding("medium", "unparsable-code", rel, 0, f"{rel} does not parse: {why}",
+    findings += [Finding("medium", "unparsable-code", rel, line, f"{rel} does not parse: {why}",
                          "fix the syntax: nothing in it could be checked")
-                 for rel, why in code.errors]
+                 for rel, why, line in code.errors]
     findings += _git(root)
     findings += _requirements(root, recipe)
     if recipe is not None:
@@ -240,39 +240,48 @@ def _record(recipe: Recipe, stale_after: float) -> list[Finding]:
     cutoff = (dt.datetime.now(dt.UTC) - dt.timedelta(days=stale_after)).isoformat()
     if last < cutoff:
         out.append(Finding("low", "not-verified", rel, 0,
-                           f"no verification in the last {stale_after:g} days"
+                           f"no verification in the last {stale_after:g} day(s)"
                            + (f" (last: {last[:10]})" if last else " (none in this store)"),
                            "`repro verify`"))
     return out
 
 
 # -- randomness ---------------------------------------------------------------------------
+def _unseeded(code: pyscan.Scan, uses: list[pyscan.Call], *seeders: str) -> list[pyscan.Call]:
+    """The first use in each file that nothing seeds: a seed counts in the same file, or in
+    an entry point (which runs before what it imports); one in a test helper does not."""
+    seeded = {c.site.file for c in code.called(*seeders, "builder.runtime.seed_everything")}
+    if seeded & set(code.mains):
+        return []
+    first: dict[str, pyscan.Call] = {}
+    for c in sorted(uses, key=lambda c: c.site):
+        if c.site.file not in seeded:
+            first.setdefault(c.site.file, c)
+    return list(first.values())
+
+
 def _randomness(code: pyscan.Scan, standard: str) -> list[Finding]:
     out: list[Finding] = []
-    everything = bool(code.called("builder.runtime.seed_everything"))
-
     uses = [c for c in code.called("random.") if c.name.split(".")[-1] in _RANDOM_FNS]
-    if uses and not code.called("random.seed") and not everything:
-        s = _first(uses)
-        out.append(Finding("high", "unseeded-random", s.file, s.line,
-                           f"random.{uses[0].name.split('.')[-1]}() and no random.seed()",
+    for c in _unseeded(code, uses, "random.seed"):
+        out.append(Finding("high", "unseeded-random", c.site.file, c.site.line,
+                           f"{c.name}() and no random.seed() before it",
                            "call random.seed(seed) at start, the seed from a --seed flag"))
     legacy = [c for c in code.called("numpy.random.") if c.name.split(".")[-1] in _LEGACY_NP]
-    if legacy and not code.called("numpy.random.seed") and not everything:
-        s = _first(legacy)
-        out.append(Finding("high", "unseeded-numpy", s.file, s.line,
-                           f"numpy.random.{legacy[0].name.split('.')[-1]}() uses numpy's "
-                           "global generator, never seeded",
+    for c in _unseeded(code, legacy, "numpy.random.seed"):
+        out.append(Finding("high", "unseeded-numpy", c.site.file, c.site.line,
+                           f"{c.name}() uses numpy's global generator, never seeded",
                            "rng = np.random.default_rng(seed), and draw from rng"))
     for c in code.called("numpy.random.default_rng", "numpy.random.RandomState",
                          "numpy.random.Generator"):
         if not c.node.args and not c.node.keywords:
             out.append(Finding("high", "unseeded-numpy", c.site.file, c.site.line,
-                               f"{c.name.removeprefix('numpy.')}() without a seed draws from "
+                               f"{c.name}() without a seed draws from "
                                "the OS: another stream each run",
                                f"{c.name.split('.')[-1]}(seed), the seed from a --seed flag"))
     if "torch" in code.imports:
-        out += _torch(code, standard, everything)
+        out += _torch(code, standard)
+    out += _sklearn(code)
     for name, value, site in code.assigns:
         if name.endswith("cudnn.benchmark") and getattr(value, "value", None) is True:
             out.append(Finding("high" if standard == "bitwise" else "medium", "cudnn-benchmark",
@@ -280,10 +289,9 @@ def _randomness(code: pyscan.Scan, standard: str) -> list[Finding]:
                                "timing: another choice, other bits, on each run",
                                "set it False (and cudnn.deterministic = True)"))
     tf = code.called("tensorflow.random.", "tensorflow.keras.", "keras.")
-    if tf and not code.called("tensorflow.random.set_seed", "tensorflow.keras.utils."
-                              "set_random_seed", "keras.utils.set_random_seed"):
-        s = _first(tf)
-        out.append(Finding("high", "unseeded-tensorflow", s.file, s.line,
+    for c in _unseeded(code, tf, "tensorflow.random.set_seed",
+                       "tensorflow.keras.utils.set_random_seed", "keras.utils.set_random_seed"):
+        out.append(Finding("high", "unseeded-tensorflow", c.site.file, c.site.line,
                            "TensorFlow draws random numbers and tf.random.set_seed is never "
                            "called", "tf.keras.utils.set_random_seed(seed) at start"))
     for c in code.called("jax.random.PRNGKey", "jax.random.key"):
@@ -299,16 +307,15 @@ def _first(calls: list[pyscan.Call]) -> pyscan.Site:
     return min(c.site for c in calls) if calls else pyscan.Site("", 0)
 
 
-def _torch(code: pyscan.Scan, standard: str, everything: bool) -> list[Finding]:
+def _torch(code: pyscan.Scan, standard: str) -> list[Finding]:
     out: list[Finding] = []
-    seeded = code.called("torch.manual_seed", "torch.random.manual_seed",
-                         "lightning.seed_everything", "pytorch_lightning.seed_everything",
-                         "transformers.set_seed")
     drawn = code.called("torch.nn.", "torch.rand", "torch.randn", "torch.randint",
                         "torch.randperm", "torch.normal", "torch.utils.data.DataLoader",
                         "torch.utils.data.random_split", "torch.utils.data.RandomSampler")
-    if drawn and not seeded and not everything:
-        s = _first(drawn)
+    for c in _unseeded(code, drawn, "torch.manual_seed", "torch.random.manual_seed",
+                       "lightning.seed_everything", "pytorch_lightning.seed_everything",
+                       "transformers.set_seed"):
+        s = c.site
         out.append(Finding("high", "unseeded-torch", s.file, s.line,
                            "torch draws random numbers (weights, shuffling) and "
                            "torch.manual_seed is never called",
@@ -336,6 +343,30 @@ def _torch(code: pyscan.Scan, standard: str, everything: bool) -> list[Finding]:
     return out
 
 
+_SKLEARN_RANDOM = ("RandomForestClassifier", "RandomForestRegressor", "ExtraTreesClassifier",
+                   "ExtraTreesRegressor", "GradientBoostingClassifier",
+                   "GradientBoostingRegressor", "HistGradientBoostingClassifier",
+                   "HistGradientBoostingRegressor", "MLPClassifier", "MLPRegressor",
+                   "SGDClassifier", "SGDRegressor", "KMeans", "MiniBatchKMeans",
+                   "train_test_split", "ShuffleSplit", "StratifiedShuffleSplit",
+                   "DecisionTreeClassifier", "DecisionTreeRegressor", "BaggingClassifier",
+                   "IsolationForest", "TSNE")
+
+
+def _sklearn(code: pyscan.Scan) -> list[Finding]:
+    """scikit-learn estimators and splitters that draw numbers take random_state."""
+    out = []
+    loose = [c for c in code.called("sklearn.") if c.name.split(".")[-1] in _SKLEARN_RANDOM
+             and c.keyword("random_state") is None]
+    for c in _unseeded(code, loose, "numpy.random.seed"):
+        name = c.name.split(".")[-1]
+        out.append(Finding("high", "unseeded-sklearn", c.site.file, c.site.line,
+                           f"{name}() without random_state draws from numpy's global "
+                           "generator: another result each run unless that is seeded",
+                           f"pass random_state=seed to {name}()"))
+    return out
+
+
 # -- data, params, outputs ----------------------------------------------------------------
 def _declared(recipe: Recipe | None) -> set[str]:
     if recipe is None:
@@ -357,18 +388,20 @@ def _data_folder(path: Path) -> bool:
         n.endswith((".py", ".md", ".rst", ".toml", ".nix")) for n in names)
 
 
-def _data(root: Path, code: pyscan.Scan, recipe: Recipe | None) -> list[Finding]:
-    out = []
-    declared = _declared(recipe)
+def data_files(root: Path, code: pyscan.Scan,
+               declared: set[str]) -> list[tuple[str, pyscan.Site]]:
+    """Files (and data folders) here that string literals or flag defaults name and that are
+    neither code nor `declared`: where each is first named."""
     code_files = set(code.files)
     seen: set[str] = set()
+    out = []
     named = [(v, s) for v, s in code.strings] + [
         (f.default, f.site) for f in code.flags if isinstance(f.default, str)]
     for value, site in sorted(named, key=lambda x: (x[1].file, x[1].line)):
-        if "\n" in value or value.startswith(("http:", "https:", "-")) or value in seen:
+        if "\n" in value or value.startswith(("http:", "https:", "-")):
             continue
         rel = os.path.normpath(value)
-        if rel.startswith("..") or os.path.isabs(rel) or rel in (".", ""):
+        if rel in seen or rel.startswith("..") or os.path.isabs(rel) or rel in (".", ""):
             continue
         path = root / rel
         if not (path.is_file() and _DATA_SUFFIX.search(rel)) and not _data_folder(path):
@@ -377,13 +410,24 @@ def _data(root: Path, code: pyscan.Scan, recipe: Recipe | None) -> list[Finding]
                 or any(rel == d or rel.startswith(d + os.sep) or d.startswith(rel + os.sep)
                        for d in declared):
             continue
-        seen.add(value)
+        seen.add(rel)
+        out.append((rel, site))
+    return out
+
+
+def _data(root: Path, code: pyscan.Scan, recipe: Recipe | None) -> list[Finding]:
+    out = []
+    for rel, site in data_files(root, code, _declared(recipe)):
         out.append(Finding("high" if recipe is not None else "medium", "undeclared-data",
                            site.file, site.line, f"reads {rel}, which the recipe does not "
                            "declare: the run key does not cover it (and the sandbox hides it)",
                            f'declare it: [data] {Path(rel).stem.replace("-", "_")} = '
                            f'{{ path = "{rel}" }}, and pass {{data.NAME}} in the command'))
-    for c in code.called(*_DOWNLOADS, "torchvision.datasets."):
+    readers = [c for c in code.called("pandas.read_", "numpy.loadtxt", "numpy.genfromtxt",
+                                      "numpy.load", "polars.read_", "torch.load")
+               if any(isinstance(a, ast.Constant) and str(a.value).startswith(
+                   ("http://", "https://", "s3://", "gs://")) for a in c.node.args)]
+    for c in [*code.called(*_DOWNLOADS, "torchvision.datasets."), *readers]:
         if c.name.startswith("torchvision.datasets.") and getattr(
                 c.keyword("download"), "value", None) is not True:
             continue
@@ -402,7 +446,7 @@ def _params(code: pyscan.Scan) -> list[Finding]:
             out.append(Finding("low", "hard-coded-param", site.file, site.line,
                                f"{name} = {value} is fixed in the code: another value means "
                                "another code digest, not a param",
-                               f"make it a flag (--{name.replace('_', '-')}) and a [train] "
+                               f"make it a flag (--{name.lower().replace('_', '-')}) and a [train] "
                                "param"))
     for c in code.called("torch.optim.", "optax.", "tensorflow.keras.optimizers."):
         lr = c.keyword("lr") or c.keyword("learning_rate")

@@ -40,6 +40,7 @@ class Flag:
     type: str | None  # "int", "float", "str", … as written
     action: str | None
     site: Site
+    required: bool = False
 
     @property
     def flag(self) -> str:
@@ -62,7 +63,7 @@ class Scan:
     strings: list[tuple[str, Site]] = field(default_factory=list)
     flags: list[Flag] = field(default_factory=list)
     mains: list[str] = field(default_factory=list)  # files with `if __name__ == "__main__"`
-    errors: list[tuple[str, str]] = field(default_factory=list)  # file, why it did not parse
+    errors: list[tuple[str, str, int]] = field(default_factory=list)  # file, why, line
 
     def called(self, *names: str) -> list[Call]:
         """Calls of any of `names` (a name ending in `.` matches everything below it)."""
@@ -84,7 +85,7 @@ def scan(root: Path, files: Iterable[str]) -> Scan:
         try:
             tree = ast.parse((root / rel).read_bytes(), filename=rel)
         except (SyntaxError, ValueError, OSError) as exc:
-            out.errors.append((rel, str(exc)))
+            out.errors.append((rel, str(exc), getattr(exc, "lineno", None) or 0))
             continue
         out.files.append(rel)
         _Visitor(rel, out).visit(tree)
@@ -103,12 +104,23 @@ def dotted(node: ast.expr, aliases: dict[str, str]) -> str | None:
 
 
 def literal(node: ast.expr | None) -> Any:
+    """A literal's value; `Path("data")` and `Path("out") / "m.pt"` as their strings; else
+    UNKNOWN."""
     if node is None:
         return None
     try:
         return ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        return UNKNOWN
+        pass
+    if isinstance(node, ast.Call) and (dotted(node.func, {}) or "").split(".")[-1] in (
+            "Path", "PurePath", "PosixPath") and len(node.args) == 1 and not node.keywords:
+        inner = literal(node.args[0])
+        return inner if isinstance(inner, str) else UNKNOWN
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+        left, right = literal(node.left), literal(node.right)
+        if isinstance(left, str) and isinstance(right, str):
+            return f"{left.rstrip('/')}/{right}"
+    return UNKNOWN
 
 
 class _Visitor(ast.NodeVisitor):
@@ -157,7 +169,8 @@ class _Visitor(ast.NodeVisitor):
         self.out.flags.append(Flag(
             options, dest, literal(kw.get("default")) if "default" in kw else None,
             kind.id if isinstance(kind, ast.Name) else None,
-            action if isinstance(action, str) else None, self.site(node)))
+            action if isinstance(action, str) else None, self.site(node),
+            literal(kw.get("required")) is True))
 
     def visit_Assign(self, node: ast.Assign) -> None:
         for target in node.targets:

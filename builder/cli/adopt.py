@@ -55,7 +55,10 @@ def init_cmd(recipe: str | None, machine: Any, offline: bool, path: str, force: 
 
     from builder.init import init  # noqa: PLC0415
 
-    del recipe, offline  # init writes the recipe (PATH says where); it reads no index
+    if recipe:
+        raise click.UsageError("repro init writes PATH/repro.toml: give the project's folder "
+                               "as PATH, not -r")
+    del offline  # it reads no index
     written = init(Path(path), force=force, find_links=machine.find_links)
     lines = [f"wrote {written.path} (entry {written.entry}, "
              f"{len(written.dependencies)} dependencies, {len(written.data)} data inputs, "

@@ -273,3 +273,81 @@ def test_init_lock_run_on_a_pyproject_sklearn_project(tmp_path: Path) -> None:
     _runs_without_edits(project)
     assert (project / "model.joblib").is_file()
     assert shutil.which("git")
+
+
+def test_a_seed_in_a_test_helper_does_not_hide_the_entry_points_unseeded_draws(
+        tmp_path: Path) -> None:
+    project = gen(tmp_path / "p", {
+        "train.py": "import random\n\nimport numpy as np\n\n\nif __name__ == '__main__':\n"
+                    "    w = np.random.rand(3)\n    random.shuffle([1, 2])\n",
+        "tests": {"conftest.py": "import random\n\nimport numpy as np\n\nrandom.seed(0)\n"
+                                 "np.random.seed(0)\n"}})
+    found = {(f.code, f.file, f.line) for f in audit(project)}
+    assert ("unseeded-numpy", "train.py", 7) in found
+    assert ("unseeded-random", "train.py", 8) in found
+
+
+def test_init_reads_poetry_required_flags_data_the_code_names_and_saves_through_flags(
+        tmp_path: Path) -> None:
+    script = ("import argparse\n\nimport numpy as np\n\n\ndef main():\n"
+              "    p = argparse.ArgumentParser()\n"
+              "    p.add_argument('--run-name', required=True)\n"
+              "    p.add_argument('--weights', default='weights.npy')\n"
+              "    p.add_argument('--data-seed', type=int, default=11)\n"
+              "    p.add_argument('--seed', type=int, default=5)\n"
+              "    p.add_argument('--network', default='mlp')\n"
+              "    a = p.parse_args()\n"
+              "    xy = np.loadtxt('inputs/xy.csv', delimiter=',')\n"
+              "    np.save(a.weights, xy.sum(axis=0))\n\n\n"
+              "if __name__ == '__main__':\n    main()\n")
+    project = gen(tmp_path / "p", {
+        "fit.py": script, "inputs": {"xy.csv": "1,2\n3,4\n"},
+        "pyproject.toml": '[tool.poetry]\nname = "p"\n\n[tool.poetry.dependencies]\n'
+                          'python = "^3.11"\nnumpy = "^1.26"\nscikit-learn = "1.5.2"\n'})
+    info = repro("init", "--json", cwd=project).json
+    assert info["dependencies"] == ["numpy>=1.26,<2", "scikit-learn==1.5.2"]
+    assert info["outputs"] == ["weights.npy"]
+    assert info["data"] == {"xy": "inputs/xy.csv"}
+    assert info["params"] == {"run_name": "run_name", "data_seed": 11, "network": "mlp"}
+    assert any("--run-name is required" in n for n in info["notes"])
+    text = (project / "repro.toml").read_text()
+    assert "seed = 5" in text
+
+
+SRC_MAIN = '''import argparse
+
+import numpy as np
+
+from .model import fit
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", default="data/xy.csv")
+    p.add_argument("--seed", type=int, default=3)
+    p.add_argument("--out", default="model.npy")
+    args = p.parse_args()
+    rng = np.random.default_rng(args.seed)
+    np.save(args.out, fit(np.loadtxt(args.data, delimiter=","), rng))
+
+
+main()
+'''
+
+
+@pytest.mark.network
+def test_init_lock_run_on_a_src_layout_package_started_with_python_m(tmp_path: Path) -> None:
+    project = gen(tmp_path / "srcpkg", {
+        "src": {"fitter": {"__init__.py": "", "__main__.py": SRC_MAIN,
+                           "model.py": "def fit(xy, rng):\n    return xy.mean(axis=0) + "
+                                       "rng.normal(size=xy.shape[1])\n"}},
+        "tests": {"test_fit.py": "import pytest\n\n\ndef test_x():\n    assert pytest\n"},
+        "data": {"xy.csv": "1,2\n3,4\n"}, "requirements.txt": "numpy>=2\n"})
+    # no `if __name__` in a package's __main__: it is still the entry
+    (project / "src/fitter/__main__.py").write_text(
+        SRC_MAIN.replace("\nmain()\n", "\nif __name__ == '__main__':\n    main()\n"))
+    _runs_without_edits(project)
+    text = (project / "repro.toml").read_text()
+    assert "runpy.run_module('fitter'" in text
+    assert 'include = ["src/fitter/*"]' in text  # tests/ are not code
+    assert (project / "model.npy").is_file()
