@@ -29,12 +29,14 @@ def facets(ref: str, store: Store) -> tuple[str, dict[str, Any]]:
         if path.name in (PYLOCK, REPRO_LOCK):
             folder = path.parent
             packages = pylock.loads((folder / PYLOCK).read_text(), folder / PYLOCK)
-            return f"lock {folder}", {"packages": {p.name: p.version for p in packages}}
+            return f"lock {folder}", {"packages": {p.name: p.version for p in packages},
+                                      "system-packages": _debs(folder / REPRO_LOCK)}
         if path.is_dir() or path.name == RECIPE_FILE:
             current = read_lock(load_recipe(find_recipe(path)))
             return f"lock {current.pylock_path.parent}", {
                 "env": current.env_id,
-                "packages": {p.name: p.version for p in current.packages}}
+                "packages": {p.name: p.version for p in current.packages},
+                "system-packages": {d.name: d.version for d in current.debs}}
     env_id = ref if ref.startswith("blake3:") else f"blake3:{ref}"
     if store.envs.ready(env_id):
         from builder.env import read_manifest  # noqa: PLC0415
@@ -63,6 +65,18 @@ def facets(ref: str, store: Store) -> tuple[str, dict[str, Any]]:
     }
 
 
+def _debs(path: Path) -> dict[str, str]:
+    """The Debian packages a repro.lock pins (none when it is unreadable or has none)."""
+    import tomllib  # noqa: PLC0415
+
+    from builder.lock import debs_of  # noqa: PLC0415
+
+    try:
+        return {d.name: d.version for d in debs_of(tomllib.loads(path.read_text()))}
+    except (OSError, tomllib.TOMLDecodeError, InputError):
+        return {}
+
+
 def _changes(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"name": k, "a": a.get(k), "b": b.get(k)}
             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
@@ -74,15 +88,17 @@ def diff(ref_a: str, ref_b: str, *, store: Store) -> dict[str, Any]:
     what_a, a = facets(ref_a, store)
     what_b, b = facets(ref_b, store)
     groups: dict[str, Any] = {}
-    if "packages" in a and "packages" in b:
-        pa, pb = a["packages"], b["packages"]
+    for facet in ("packages", "system-packages"):
+        if facet not in a or facet not in b:
+            continue
+        pa, pb = a[facet], b[facet]
         changes = {
             "added": {n: pb[n] for n in sorted(set(pb) - set(pa))},
             "removed": {n: pa[n] for n in sorted(set(pa) - set(pb))},
             "changed": {n: [pa[n], pb[n]] for n in sorted(set(pa) & set(pb)) if pa[n] != pb[n]},
         }
         if any(changes.values()):
-            groups["packages"] = changes
+            groups[facet] = changes
     for facet in ("env", "python", "code", "seed", "hardware"):
         if facet in a and facet in b and a[facet] != b[facet]:
             groups[facet] = {"a": a[facet], "b": b[facet]}
@@ -101,7 +117,7 @@ def render(result: dict[str, Any]) -> str:
         return "\n".join([*lines, "no differences"])
     for group, change in result["differences"].items():
         lines.append(f"{group}:")
-        if group == "packages":
+        if group in ("packages", "system-packages"):
             lines += [f"  + {n} {v}" for n, v in change["added"].items()]
             lines += [f"  - {n} {v}" for n, v in change["removed"].items()]
             lines += [f"  ~ {n} {old} -> {new}" for n, (old, new) in change["changed"].items()]

@@ -87,7 +87,7 @@ def fetch(store: Store, recipe: Recipe, entry: DataInput) -> str:
     log.info("Fetching data.%s from %s", entry.name, entry.url)
     for attempt in range(1, ATTEMPTS + 1):
         try:
-            with _open(entry.url, where) as (stream, size), \
+            with open_url(entry.url, where) as (stream, size), \
                     store.blobs.writer(sha256=True) as w, \
                     progress(f"Fetching data.{entry.name}", size, unit="bytes") as advance:
                 for chunk in arriving(stream):
@@ -139,7 +139,7 @@ def _room_left(store: Store, size: int, what: str) -> None:
 
 
 @contextlib.contextmanager
-def _open(url: str, where: str) -> Iterator[tuple[IO[bytes], int | None]]:
+def open_url(url: str, where: str) -> Iterator[tuple[IO[bytes], int | None]]:
     """A stream of the file at `url`, and its size when the server says."""
     scheme = url.partition("://")[0]
     if scheme in ("http", "https"):

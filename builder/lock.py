@@ -16,6 +16,7 @@ from builder.resolve import resolve
 from builder.store import atomic_write
 
 if TYPE_CHECKING:
+    from builder.debian import Deb
     from builder.project import Project
 
 LOCK_VERSION = 1
@@ -43,6 +44,22 @@ class Lock:
     def pylock_path(self) -> Path:
         return self.recipe.lock_dir / PYLOCK
 
+    @property
+    def debs(self) -> list[Deb]:
+        """The locked Debian packages (repro.lock's `[[debian]]`), by name."""
+        return debs_of(self.data)
+
+
+def debs_of(data: dict[str, Any]) -> list[Deb]:
+    """Raises: LockfileError: a `[[debian]]` entry lacks a field."""
+    from builder.debian import Deb  # noqa: PLC0415
+
+    try:
+        return [Deb.from_toml(d) for d in data.get("debian", [])]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LockfileError(f"repro.lock: a [[debian]] entry is incomplete ({exc})",
+                            hint="re-create it with `repro lock`") from exc
+
 
 @dataclass(frozen=True)
 class LockResult:
@@ -64,8 +81,10 @@ def base_digest(recipe: Recipe) -> str:
     return base.split("@", 1)[1] if "@" in base else base
 
 
-def env_id(recipe: Recipe, packages: list[Package], base: str | None = None) -> str:
-    """The env id: interpreter, platform, every locked artefact, system packages, base, format.
+def env_id(recipe: Recipe, packages: list[Package], base: str | None = None,
+           debs: Sequence[Deb] = ()) -> str:
+    """The env id: interpreter, platform, every locked artefact, system packages (and the
+    exact .deb files they were locked to), base, format.
 
     `base` is the base's digest when the recipe names it by tag (the lock resolved it).
     """
@@ -77,6 +96,8 @@ def env_id(recipe: Recipe, packages: list[Package], base: str | None = None) -> 
             "packages": sorted((p.identity() for p in packages), key=lambda p: p["name"]),
             "system-packages": sorted(recipe.environment.system_packages),
             "base": base or base_digest(recipe),
+            # only where some are locked: every env id made before stays what it was
+            **({"debian": [d.identity() for d in debs]} if debs else {}),
         }
     )
 
@@ -101,6 +122,7 @@ def _locked_base(recipe: Recipe) -> str | None:
 
 def write_lock(
     project: Project, *, resolver: str = "uv", upgrade: bool = False, update_base: bool = False,
+    upgrade_system: bool = False,
 ) -> LockResult:
     """Resolve the recipe and write its lock files, rewriting them only when bytes change.
 
@@ -130,10 +152,14 @@ def write_lock(
             base = recorded
     packages = resolve(recipe, resolver, project.machine, offline=project.offline,
                        upgrade=upgrade)
+    from builder import debian  # noqa: PLC0415
+
+    debs = debian.resolve(recipe, project.store, _previous_debs(recipe),
+                          upgrade=upgrade or upgrade_system)
     pylock_text = pylock.dumps(packages, recipe.environment.python, recipe.environment.platform)
-    identity = env_id(recipe, packages, base)
+    identity = env_id(recipe, packages, base, debs)
     pylock_digest = hashing.digest_bytes(pylock_text.encode())
-    lock_text = _repro_lock_text(recipe, identity, pylock_digest, base)
+    lock_text = _repro_lock_text(recipe, identity, pylock_digest, base, debs)
     changed = False
     for name, text in ((PYLOCK, pylock_text), (REPRO_LOCK, lock_text)):
         path = recipe.lock_dir / name
@@ -147,7 +173,16 @@ def write_lock(
                       len(packages), written)
 
 
-def _repro_lock_text(recipe: Recipe, identity: str, pylock_digest: str, base: str) -> str:
+def _previous_debs(recipe: Recipe) -> list[Deb]:
+    path = recipe.lock_dir / REPRO_LOCK
+    try:
+        return debs_of(tomllib.loads(path.read_text())) if path.is_file() else []
+    except (tomllib.TOMLDecodeError, LockfileError):
+        return []
+
+
+def _repro_lock_text(recipe: Recipe, identity: str, pylock_digest: str, base: str,
+                     debs: Sequence[Deb] = ()) -> str:
     import tomlkit  # noqa: PLC0415  (only writing needs it)
 
     inputs = recipe.env_inputs()
@@ -169,6 +204,11 @@ def _repro_lock_text(recipe: Recipe, identity: str, pylock_digest: str, base: st
     for key, value in inputs.items():
         table[key] = value
     doc["inputs"] = table
+    if debs:
+        entries = tomlkit.aot()
+        for d in debs:
+            entries.append(tomlkit.item(d.to_toml()))
+        doc["debian"] = entries
     return tomlkit.dumps(doc)
 
 
@@ -192,8 +232,8 @@ def read_lock(recipe: Recipe) -> Lock:
     raw = py_path.read_bytes()
     packages = pylock.loads(raw.decode(), py_path)
     base = None if recipe.image.pinned else str(data.get("base", ""))
-    return Lock(recipe, packages, env_id(recipe, packages, base), hashing.digest_bytes(raw),
-                data, raw)
+    return Lock(recipe, packages, env_id(recipe, packages, base, debs_of(data)),
+                hashing.digest_bytes(raw), data, raw)
 
 
 def inspect(recipe: Recipe) -> tuple[Lock | None, list[str], list[str]]:

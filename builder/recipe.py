@@ -41,6 +41,22 @@ class Source:
 
 
 @dataclass(frozen=True)
+class Debian:
+    """Where `system-packages` come from: Debian suites (the newest version across them
+    wins), components, the mirror (never an identity) and an optional snapshot instant."""
+
+    suites: tuple[str, ...] = ("bookworm", "bookworm-updates", "bookworm-security")
+    components: tuple[str, ...] = ("main",)
+    mirror: str = "https://deb.debian.org/debian"
+    security_mirror: str = "https://deb.debian.org/debian-security"
+    snapshot: str = ""  # YYYYMMDDTHHMMSSZ: the snapshot.debian.org instant to name
+
+    def identity(self) -> dict[str, Any]:
+        return {"suites": list(self.suites), "components": list(self.components),
+                "snapshot": self.snapshot}
+
+
+@dataclass(frozen=True)
 class Environment:
     python: str
     platform: str = "linux/x86_64"
@@ -49,6 +65,7 @@ class Environment:
     sources: tuple[Source, ...] = ()
     exclude_newer: str | None = None
     system_packages: tuple[str, ...] = ()
+    debian: Debian = Debian()
 
     @property
     def uv_platform(self) -> str:
@@ -172,6 +189,8 @@ class Recipe:
             "exclude-newer": env.exclude_newer or "",
             "system-packages": sorted(env.system_packages),
             "base": self.image.base,
+            # only where packages are asked for: a recipe without any keeps its digest
+            **({"debian": env.debian.identity()} if env.system_packages else {}),
         }
 
     def to_identity(self) -> dict[str, Any]:

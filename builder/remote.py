@@ -679,7 +679,7 @@ class Remote:
         Raises:
             Untrusted, RegistryError.
         """
-        from builder.image.build import note_layer  # noqa: PLC0415
+        from builder.image.tarball import note_layer  # noqa: PLC0415
 
         found = self.env_layers(env_id)
         for key in sorted(found):

@@ -22,6 +22,7 @@ from builder.recipe import (
     STANDARDS,
     Code,
     DataInput,
+    Debian,
     Environment,
     Image,
     Nondeterminism,
@@ -250,7 +251,7 @@ class Validator:
     def environment(self, value: Any) -> Environment:
         key = "environment"
         t = self.table(value, key, ("python", "platform", "dependencies", "accelerator",
-                                    "sources", "exclude-newer", "system-packages"))
+                                    "sources", "exclude-newer", "system-packages", "debian"))
         python = self.string(t, key, "python")
         if not _PYTHON.match(python):
             raise self.error(f"{key}.python", f"`{key}.python` {python!r} is not a version",
@@ -284,7 +285,34 @@ class Validator:
             sources=self.sources(t.get("sources", [])),
             exclude_newer=self.exclude_newer(t),
             system_packages=system,
+            debian=self.debian(t.get("debian", {})),
         )
+
+    def debian(self, value: Any) -> Debian:
+        key = "environment.debian"
+        t = self.table(value, key, ("suites", "components", "mirror", "security-mirror",
+                                    "snapshot"))
+        default = Debian()
+        suites = self.strings(t, key, "suites", default.suites)
+        components = self.strings(t, key, "components", default.components)
+        for name, values in (("suites", suites), ("components", components)):
+            bad = [v for v in values if not re.fullmatch(r"[a-z0-9][a-z0-9.+/-]*", v)]
+            if not values or bad:
+                raise self.error(f"{key}.{name}", f"`{key}.{name}` "
+                                 + (f"entry {bad[0]!r} is not a Debian {name[:-1]}" if bad
+                                    else "is empty"),
+                                 hint='e.g. suites = ["bookworm", "bookworm-security"]')
+        mirror = self.string(t, key, "mirror", default.mirror).rstrip("/")
+        security = self.string(t, key, "security-mirror", default.security_mirror).rstrip("/")
+        for name, url in (("mirror", mirror), ("security-mirror", security)):
+            if not url.startswith(("http://", "https://", "file:/")):
+                raise self.error(f"{key}.{name}", f"`{key}.{name}` {url!r} is not a URL",
+                                 hint=f'e.g. {name} = "{getattr(default, name.replace("-", "_"))}"')
+        snapshot = self.string(t, key, "snapshot", "")
+        if snapshot and not re.fullmatch(r"\d{8}T\d{6}Z", snapshot):
+            raise self.error(f"{key}.snapshot", f"`{key}.snapshot` {snapshot!r} is not a "
+                             "snapshot.debian.org instant", hint='e.g. "20241201T000000Z"')
+        return Debian(tuple(suites), tuple(components), mirror, security, snapshot)
 
     def requirement(self, index: int, text: str) -> str:
         key = "environment.dependencies"

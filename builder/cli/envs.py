@@ -33,8 +33,10 @@ from builder.cli.shell import (
               help="Ignore the versions in the current lock; take the newest allowed.")
 @click.option("--update-base", is_flag=True,
               help="Resolve an image.base given by tag now, and record its digest.")
+@click.option("--upgrade-system", is_flag=True,
+              help="Take the newest Debian packages the suites have, not the locked ones.")
 def lock_cmd(recipe: str | None, machine: Any, offline: bool, resolver: str,
-             check_only: bool, upgrade: bool, update_base: bool) -> None:
+             check_only: bool, upgrade: bool, update_base: bool, upgrade_system: bool) -> None:
     """Resolve the recipe into lockfiles/<name>/pylock.toml and repro.lock."""
     from builder import lock  # noqa: PLC0415
 
@@ -49,7 +51,7 @@ def lock_cmd(recipe: str | None, machine: Any, offline: bool, resolver: str,
     log.info("Resolving %s with %s for Python %s on %s", r.name, resolver,
              r.environment.python, r.environment.platform)
     result = lock.write_lock(project, resolver=resolver, upgrade=upgrade,
-                             update_base=update_base)
+                             update_base=update_base, upgrade_system=upgrade_system)
     verb = "Wrote" if result.changed else "Unchanged:"
     _emit(result.to_json(), f"{verb} {result.lockfile.parent} ({result.packages} packages, "
                             f"env {result.env})")

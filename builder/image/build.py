@@ -8,10 +8,8 @@ layer, and a change of one small package does not touch the torch layer.
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -20,20 +18,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from builder import faults, hashing, lock, proc, pylock, registry
-from builder.errors import BuildError, InputError, StoreError, ToolError
+from builder.errors import BuildError, InputError, ToolError
 from builder.image import base as bases
+from builder.image import debs as debs_layers
 from builder.image import index as images
 from builder.image import layout, tarball
+from builder.image.tarball import cached_layer, note_layer
 from builder.progress import progress
 from builder.project import Project
 from builder.resolve import source_args
-from builder.store import atomic_write, remove_tree
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from builder.blobs import Blobs
-    from builder.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -116,18 +114,9 @@ def package_layers(project: Project) -> Iterator[tuple[pylock.Package, str, tarb
 def _package_layer(project: Project, pkg: pylock.Package) -> tuple[tarball.Layer, bool]:
     recipe, store = project.recipe, project.store
     key = layer_key(project, pkg)
-    meta = store.layers.path(key)
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, StoreError):
-        known = json.loads(hashing.read_regular(meta) or b"")
-        if store.blobs.by_sha256(known["digest"]) != known["blob"] \
-                or store.blobs.path(known["blob"]).stat().st_size != known["size"]:
-            raise ValueError("a note that disagrees with its blob: the layer is built again")
-        if store.blobs.verify(known["blob"]):
-            store.layers.use(key, known["blob"])
-            return tarball.Layer(known["diff_id"], known["digest"], known["size"], None,
-                                 known["blob"]), True
-        store.blobs.quarantine(known["blob"], f"the cached layer of {pkg.name} {pkg.version} "
-                                              "failed its digest; it is built again")
+    known = cached_layer(store, key, f"{pkg.name} {pkg.version}")
+    if known is not None:
+        return known, True
     pulled = project.remote.layer(project.lock.env_id, key) if project.remote else None
     if pulled is not None:
         log.info("Layer %s %s from %s", pkg.name, pkg.version, project.remote.url)  # type: ignore[union-attr]
@@ -155,17 +144,6 @@ def _package_layer(project: Project, pkg: pylock.Package) -> tuple[tarball.Layer
         built = tarball.write_layer([(target, SITE)], recipe.image.mtime, store.blobs)
     note_layer(store, key, built)
     return built, False
-
-
-def note_layer(store: Store, key: str, layer: tarball.Layer) -> None:
-    """Remember a package layer (built, or pulled) under its key, for the next build."""
-    meta = store.layers.path(key)
-    if meta.is_dir() and not meta.is_symlink():  # damage in a note's place
-        remove_tree(meta)
-    if layer.blob is not None:
-        store.blobs.alias(layer.digest, layer.blob)
-    atomic_write(meta, json.dumps({"diff_id": layer.diff_id, "digest": layer.digest,
-                                   "size": layer.size, "blob": layer.blob}).encode())
 
 
 def code_layer(project: Project, tmp: Path, *, at: str | None = None) -> tarball.Layer:
@@ -214,13 +192,18 @@ def build_image(
     if base_ref != "scratch":
         log.info("Base %s", base_ref)
     base = bases.load(base_ref, store, arch)
-    python = bases.check_interpreter(base, recipe.environment.python, recipe.path)
-    if len(base.layers) + len(current.packages) >= MAX_LAYERS:
+    debs = current.debs
+    python = debs_layers.interpreter(project, debs) if debs else bases.check_interpreter(
+        base, recipe.environment.python, recipe.path)
+    if len(base.layers) + len(current.packages) + len(debs) + 1 >= MAX_LAYERS:
         raise InputError(f"{recipe.name} locks {len(current.packages)} packages; one layer "
                          f"each would pass the {MAX_LAYERS}-layer limit of some engines")
     layers = list(base.layers)
     described = [{"content": f"base {base.digest}", "diff_id": x.diff_id, "digest": x.digest,
                   "size": x.size, "cached": True} for x in base.layers]
+    for built_deb, said in debs_layers.layers(project, debs):
+        layers.append(built_deb)
+        described.append(said)
     with progress("Layers", total=len(current.packages)) as advance:
         for pkg in sorted(current.packages, key=lambda p: p.name):
             log.debug("Layer %s %s", pkg.name, pkg.version)

@@ -50,7 +50,7 @@ class ImageRunner:
             InputError: the base has no Python (a scratch image cannot run the command).
         """
         recipe = self.project.recipe
-        if recipe.image.base == "scratch":  # refused before building anything
+        if recipe.image.base == "scratch" and not self.project.lock.debs:  # before building
             raise InputError(f"{recipe.path}: image.base is scratch: the image has no Python to "
                              "run the command", hint="pin a base with Python in image.base")
         return build_image(self.project)

@@ -8,22 +8,27 @@ still depend on zlib, so the uncompressed digest (the OCI diff_id) is the identi
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
+import json
 import os
 import stat
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from builder import faults
+from builder import faults, hashing
+from builder.errors import StoreError
 from builder.hashing import sha256_digest
+from builder.store import atomic_write, remove_tree
 
 if TYPE_CHECKING:
     from builder.blobs import Blobs
+    from builder.store import Store
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,19 @@ def layer(trees: Iterable[tuple[Path, str]], mtime: int = 0) -> Layer:
     return Layer("sha256:" + tar.sha.hexdigest(), sha256_digest(blob), len(blob), blob)
 
 
+def write_tar_layer(fill: Callable[[tarfile.TarFile], None], blobs: Blobs) -> Layer:
+    """A layer whose tar `fill` writes member by member (entries from another archive: a
+    `.deb`'s data), streamed into the store as `write_layer` does."""
+    with blobs.writer(sha256=True) as out, _gzip(out) as gz:  # type: ignore[arg-type]
+        tar = _Hashing(gz)
+        with tarfile.open(fileobj=tar, mode="w", format=tarfile.PAX_FORMAT) as t:  # type: ignore[call-overload]
+            fill(t)
+    stored = out.stored()
+    assert stored.sha256 is not None  # noqa: S101  (asked for above)
+    return Layer("sha256:" + tar.sha.hexdigest(), stored.sha256, stored.size, None,
+                 stored.digest)
+
+
 def write_layer(trees: Iterable[tuple[Path, str]], mtime: int, blobs: Blobs) -> Layer:
     """A layer written straight into the store: the tar is made, hashed (diff_id), gzipped
     and hashed again (digest, BLAKE3) as one stream, so memory does not grow with it."""
@@ -153,3 +171,32 @@ def write_layer(trees: Iterable[tuple[Path, str]], mtime: int, blobs: Blobs) -> 
     assert stored.sha256 is not None  # noqa: S101  (asked for above)
     return Layer("sha256:" + tar.sha.hexdigest(), stored.sha256, stored.size, None,
                  stored.digest)
+
+
+def cached_layer(store: Store, key: str, what: str) -> Layer | None:
+    """A layer made before under `key`, when its note and blob agree and the blob is whole
+    (a damaged one is quarantined, and None: built again)."""
+    meta = store.layers.path(key)
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, StoreError):
+        known = json.loads(hashing.read_regular(meta) or b"")
+        if store.blobs.by_sha256(known["digest"]) != known["blob"] \
+                or store.blobs.path(known["blob"]).stat().st_size != known["size"]:
+            raise ValueError("a note that disagrees with its blob: the layer is built again")
+        if store.blobs.verify(known["blob"]):
+            store.layers.use(key, known["blob"])
+            return Layer(known["diff_id"], known["digest"], known["size"], None,
+                                 known["blob"])
+        store.blobs.quarantine(known["blob"], f"the cached layer of {what} failed its "
+                                              "digest; it is built again")
+    return None
+
+
+def note_layer(store: Store, key: str, layer: Layer) -> None:
+    """Remember a package layer (built, or pulled) under its key, for the next build."""
+    meta = store.layers.path(key)
+    if meta.is_dir() and not meta.is_symlink():  # damage in a note's place
+        remove_tree(meta)
+    if layer.blob is not None:
+        store.blobs.alias(layer.digest, layer.blob)
+    atomic_write(meta, json.dumps({"diff_id": layer.diff_id, "digest": layer.digest,
+                                   "size": layer.size, "blob": layer.blob}).encode())
