@@ -121,11 +121,28 @@ class Apt:
         try:
             self.run("apt-get", "update", "-q", "--error-on=any")
         except ToolError as exc:
+            missing = re.search(r"The repository '(\S+) (\S+) Release' does not have a "
+                                r"Release file", exc.stderr)
+            if missing:
+                raise InputError(f"{self.recipe.path}: environment.debian.suites: "
+                                 f"{missing.group(2)!r} is not a suite of {missing.group(1)}",
+                                 hint='check its name (e.g. "bookworm-updates")') from exc
             raise ToolError(exc.argv, exc.returncode, exc.stderr, hint=(
-                f"the Debian mirror {self.recipe.environment.debian.mirror} (or a suite of "
-                f"{', '.join(self.recipe.environment.debian.suites)}) could not be read: check "
-                "the network and [environment.debian]; a lock whose .deb files are in the "
-                "store builds without it")) from exc
+                f"the Debian mirrors ({self.recipe.environment.debian.mirror}, "
+                f"{self.recipe.environment.debian.security_mirror}) could not be read for "
+                f"{', '.join(self.recipe.environment.debian.suites)}: check the network and "
+                "[environment.debian]; a lock whose .deb files are in the store builds "
+                "without them")) from exc
+        lists = [p.name for p in (self.root / "state" / "lists").iterdir()]
+        deb = self.recipe.environment.debian
+        for suite in deb.suites:
+            for component in deb.components:
+                if not any(f"_dists_{suite}_{component}_binary-{self.arch}_Packages" in n
+                           for n in lists):
+                    raise InputError(f"{self.recipe.path}: environment.debian.components: "
+                                     f"{suite} has no {component!r} for {self.arch}",
+                                     hint='Debian\'s components are "main", "contrib", '
+                                          '"non-free", "non-free-firmware"')
 
     def resolve(self, wanted: list[str]) -> list[tuple[str, str]]:
         """(name, version) of every package `apt-get install` would fetch for `wanted`.
@@ -148,6 +165,23 @@ class Apt:
     def _unresolvable(self, exc: ToolError, wanted: list[str]) -> InputError | ToolError:
         text = exc.stderr
         recipe = self.recipe.path
+        virtual = re.search(r"Package (\S+) is a virtual package provided by:\n((?:\s+\S+.*\n)+)",
+                            text + "\n")
+        if virtual:
+            providers = sorted({ln.split()[0] for ln in virtual.group(2).splitlines()
+                                if ln.strip()})
+            return InputError(f"{recipe}: environment.system-packages: {virtual.group(1)} is "
+                              "a virtual package", hint=f"name one that provides it: "
+                                                        f"{', '.join(providers)}")
+        version = re.search(r"Version '(\S+)' for '(\S+)' was not found", text)
+        if version:
+            have = re.findall(r"^Version: (\S+)$", self.run("apt-cache", "show",
+                                                            version.group(2)), re.MULTILINE)
+            return InputError(f"{recipe}: environment.system-packages: "
+                              f"{version.group(2)}={version.group(1)} is not in "
+                              f"{', '.join(self.recipe.environment.debian.suites)}",
+                              hint=f"the suites have {', '.join(have) or 'no version'}; an "
+                                   "older one is on snapshot.debian.org only")
         missing = re.findall(r"Unable to locate package (\S+)", text)
         if missing:
             names = self.run("apt-cache", "pkgnames").split()
@@ -205,8 +239,8 @@ def _chosen(apt: Apt, wanted: list[str], previous: list[Deb]) -> list[tuple[str,
             return apt.resolve(sorted(set(pinned) | {w for w in wanted if "=" not in w
                                                      and w not in {d.name for d in previous}}))
         except (InputError, ToolError):
-            log.warning("the locked versions of %s are not all in the suites now (the pool "
-                        "moved on, or the suites changed): resolving the newest",
+            log.warning("the locked versions of %s could not all be kept (the pool moved "
+                        "on, or the suites or packages changed): resolved the newest",
                         ", ".join(sorted(names)))
     return apt.resolve(wanted)
 
@@ -234,9 +268,19 @@ def resolve(recipe: Recipe, store: Store, previous: list[Deb] | None = None, *,
         InputError: unknown package, unsatisfiable dependencies, a base other than scratch.
         ToolError: apt is missing, or the mirror could not be read.
     """
-    wanted = list(recipe.environment.system_packages)
+    wanted = sorted(set(recipe.environment.system_packages))
     if not wanted:
         return []
+    names = [w.split("=")[0] for w in wanted]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InputError(f"{recipe.path}: environment.system-packages names {twice[0]} twice "
+                         "(with and without a version, or two versions)",
+                         hint="keep one entry for it")
+    release = [s for s in recipe.environment.debian.suites
+               if not s.endswith(("-security", "-updates", "-backports"))]
+    if "base-files" not in names and release:  # a scratch base: FHS folders, os-release
+        wanted.append("base-files")
     if recipe.image.base != "scratch":
         raise InputError(f"{recipe.path}: environment.system-packages are assembled on a "
                          f"scratch base; image.base is {recipe.image.base!r}",

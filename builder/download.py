@@ -149,6 +149,9 @@ def open_url(url: str, where: str) -> Iterator[tuple[IO[bytes], int | None]]:
             length = response.headers.get("Content-Length")
             yield response, int(length) if length and length.isdigit() else None
         return
+    if scheme not in EXTRAS:
+        raise InputError(f"{where}: {url} is not an http(s), s3:// or gs:// URL",
+                         hint="give a URL repro can fetch")
     package, extra = EXTRAS[scheme]
     try:
         import fsspec  # noqa: PLC0415

@@ -72,7 +72,9 @@ class LockResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"recipe": self.recipe, "env": self.env, "lockfile": str(self.lockfile),
-                "changed": self.changed, "packages": self.packages}
+                "changed": self.changed, "packages": self.packages,
+                "system_packages": [{"name": d.name, "version": d.version,
+                                     "sha256": d.sha256} for d in self.lock.debs]}
 
 
 def base_digest(recipe: Recipe) -> str:

@@ -276,7 +276,8 @@ class Validator:
             if not _DEB.match(pkg):
                 raise self.error(f"{key}.system-packages",
                                  f"`{key}.system-packages` entry {pkg!r} is not a Debian package",
-                                 hint='write "name" or "name=version", e.g. "libgomp1=12.2.0-14"')
+                                 hint='write "name" or "name=version", e.g. '
+                                      '"libgomp1=12.2.0-14+deb12u1"')
         return Environment(
             python=python,
             platform=platform,
@@ -301,7 +302,8 @@ class Validator:
                 raise self.error(f"{key}.{name}", f"`{key}.{name}` "
                                  + (f"entry {bad[0]!r} is not a Debian {name[:-1]}" if bad
                                     else "is empty"),
-                                 hint='e.g. suites = ["bookworm", "bookworm-security"]')
+                                 hint='e.g. suites = ["bookworm", "bookworm-security"]'
+                                 if name == "suites" else 'e.g. components = ["main"]')
         mirror = self.string(t, key, "mirror", default.mirror).rstrip("/")
         security = self.string(t, key, "security-mirror", default.security_mirror).rstrip("/")
         for name, url in (("mirror", mirror), ("security-mirror", security)):
@@ -309,9 +311,10 @@ class Validator:
                 raise self.error(f"{key}.{name}", f"`{key}.{name}` {url!r} is not a URL",
                                  hint=f'e.g. {name} = "{getattr(default, name.replace("-", "_"))}"')
         snapshot = self.string(t, key, "snapshot", "")
-        if snapshot and not re.fullmatch(r"\d{8}T\d{6}Z", snapshot):
+        if snapshot and (not re.fullmatch(r"\d{8}T\d{6}Z", snapshot) or snapshot > _now()):
             raise self.error(f"{key}.snapshot", f"`{key}.snapshot` {snapshot!r} is not a "
-                             "snapshot.debian.org instant", hint='e.g. "20241201T000000Z"')
+                             "snapshot.debian.org instant before now",
+                             hint='e.g. "20241201T000000Z"')
         return Debian(tuple(suites), tuple(components), mirror, security, snapshot)
 
     def requirement(self, index: int, text: str) -> str:
@@ -667,6 +670,12 @@ NOT_PASSED = re.compile(r"LANG|LC_.*|TZ|PYTHON.*|LD_.*|OMP_.*|MKL_.*|OPENBLAS_.*
 def looks_secret(name: str) -> bool:
     """A variable named like a credential: *TOKEN*, *SECRET*, *PASSWORD*, *_KEY, …"""
     return _SECRET.search(name) is not None
+
+
+def _now() -> str:
+    import datetime as dt  # noqa: PLC0415
+
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def _kind(value: Any) -> str:

@@ -53,8 +53,10 @@ def lock_cmd(recipe: str | None, machine: Any, offline: bool, resolver: str,
     result = lock.write_lock(project, resolver=resolver, upgrade=upgrade,
                              update_base=update_base, upgrade_system=upgrade_system)
     verb = "Wrote" if result.changed else "Unchanged:"
-    _emit(result.to_json(), f"{verb} {result.lockfile.parent} ({result.packages} packages, "
-                            f"env {result.env})")
+    debs = len(result.lock.debs)
+    _emit(result.to_json(), f"{verb} {result.lockfile.parent} ({result.packages} Python "
+                            + (f"and {debs} Debian " if debs else "")
+                            + f"packages, env {result.env})")
 
 
 @cli.command("build")

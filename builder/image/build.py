@@ -195,13 +195,13 @@ def build_image(
     debs = current.debs
     python = debs_layers.interpreter(project, debs) if debs else bases.check_interpreter(
         base, recipe.environment.python, recipe.path)
-    if len(base.layers) + len(current.packages) + len(debs) + 1 >= MAX_LAYERS:
+    if len(base.layers) + len(current.packages) + 2 * bool(debs) >= MAX_LAYERS:
         raise InputError(f"{recipe.name} locks {len(current.packages)} packages; one layer "
                          f"each would pass the {MAX_LAYERS}-layer limit of some engines")
     layers = list(base.layers)
     described = [{"content": f"base {base.digest}", "diff_id": x.diff_id, "digest": x.digest,
                   "size": x.size, "cached": True} for x in base.layers]
-    for built_deb, said in debs_layers.layers(project, debs):
+    for built_deb, said in debs_layers.layers(project, debs) if debs else ():
         layers.append(built_deb)
         described.append(said)
     with progress("Layers", total=len(current.packages)) as advance:

@@ -1,8 +1,8 @@
 """Locked Debian packages as image layers, assembled without a package manager.
 
-Each `.deb` is fetched once into the store's blobs (checked against the lock's sha256; gc
-keeps it while a lock needs it), and its data archive streamed, member by member in the
-archive's order, into a layer of its own: owners root, times the image's mtime, modes and
+Each `.deb` is fetched once into the store's blobs (checked against the lock's sha256), and
+its data archive streamed, member by member in the archive's order, into one layer for all
+the packages (in name order): owners root, times the image's mtime, modes and
 links as the package has them, plus `var/lib/dpkg/status.d/<package>` (its control file, as
 distroless writes it) so scanners and `dpkg -l`-style tools see what is installed.
 Maintainer scripts are not run; the one layer `repro: maintainer steps` does what theirs
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LAYER_FORMAT = "repro.deblayer/v1"
+LAYER_FORMAT = "repro.deblayer/v2"  # v2: every package in one layer
 
 
 class Reader(Protocol):
@@ -37,11 +37,12 @@ class Reader(Protocol):
 STATUS_D = "var/lib/dpkg/status.d"
 
 
-def fetch(store: Store, deb: Deb) -> str:
+def fetch(store: Store, deb: Deb, *, offline: bool = False) -> str:
     """The `.deb` as a checked blob of the store (downloaded once); its BLAKE3.
 
     Raises:
-        FetchError: the mirror no longer has it (the pool moved), or served other bytes.
+        FetchError: the mirror no longer has it (the pool moved), served other bytes, or
+            (offline) it is not in the store.
     """
     from builder import download  # noqa: PLC0415
     from builder.blobs import arriving  # noqa: PLC0415
@@ -49,6 +50,9 @@ def fetch(store: Store, deb: Deb) -> str:
     known = store.blobs.by_sha256("sha256:" + deb.sha256)
     if known is not None and store.blobs.verify(known):
         return known
+    if offline:
+        raise FetchError(f"{deb.name} {deb.version} ({deb.filename}) is not in the store, and "
+                         "--offline fetches nothing", hint="build once with the network")
     log.info("Fetching %s %s", deb.name, deb.version)
     try:
         with download.open_url(deb.url, f"system package {deb.name}") as (stream, _), \
@@ -75,22 +79,31 @@ def fetch(store: Store, deb: Deb) -> str:
     return got.digest
 
 
-def layer_key(deb: Deb, mtime: int) -> str:
-    return hashing.digest_json({"format": LAYER_FORMAT, "sha256": deb.sha256, "mtime": mtime})
+def layer_key(debs: list[Deb], mtime: int) -> str:
+    return hashing.digest_json({"format": LAYER_FORMAT, "mtime": mtime,
+                                "debs": [[d.name, d.sha256] for d in debs]})
 
 
-def layer(project: Project, deb: Deb) -> tuple[tarball.Layer, bool]:
-    """The package's layer (from the store when it was made before), and whether cached."""
+def system_layer(project: Project, debs: list[Deb]) -> tuple[tarball.Layer, bool]:
+    """Every locked package in one layer (from the store when it was made before), and
+    whether it was. One layer, not one per package: a run's vfs storage copies every lower
+    layer into each layer above it, so 40 small layers cost gigabytes."""
     store, mtime = project.store, project.recipe.image.mtime
-    key = layer_key(deb, mtime)
-    known = tarball.cached_layer(store, key, f"{deb.name} {deb.version}")
+    key = layer_key(debs, mtime)
+    known = tarball.cached_layer(store, key, f"{len(debs)} Debian packages")
     if known is not None:
         return known, True
-    blob = fetch(store, deb)
-    with store.blobs.reader(blob) as f:
-        control = _control(f, deb)
-    with store.blobs.reader(blob) as f:
-        built = tarball.write_tar_layer(lambda t: _fill(t, f, deb, control, mtime), store.blobs)
+    blobs = [fetch(store, deb, offline=project.offline) for deb in debs]
+    written: set[str] = set()
+
+    def fill(out: tarfile.TarFile) -> None:
+        for deb, blob in zip(debs, blobs, strict=True):
+            with store.blobs.reader(blob) as f:
+                control = _control(f, deb)
+            with store.blobs.reader(blob) as f:
+                _fill(out, f, deb, control, mtime, written)
+
+    built = tarball.write_tar_layer(fill, store.blobs)
     tarball.note_layer(store, key, built)
     return built, False
 
@@ -133,12 +146,19 @@ def _control(f: Reader, deb: Deb) -> dict[str, bytes]:
 
 
 def _fill(out: tarfile.TarFile, f: Reader, deb: Deb, control: dict[str, bytes],
-          mtime: int) -> None:
+          mtime: int, written: set[str]) -> None:
+    """The package's data members (a folder another package made is not written again; a
+    file two packages ship keeps the first, as dpkg refuses the second), then its
+    status.d entries."""
     with _tar_of(f, deb, "data.tar") as tar:
         for member in tar:
             name = member.name.removeprefix("./").rstrip("/")
-            if not name:
+            if not name or name in written:
+                if name and not member.isdir():
+                    log.warning("%s ships %s, which an earlier package holds; kept the first",
+                                deb.name, name)
                 continue
+            written.add(name)
             if name.startswith("/") or ".." in name.split("/"):
                 raise BuildError(f"{deb.filename}: member {member.name} leaves the image root")
             info = tarfile.TarInfo(name)
@@ -160,28 +180,35 @@ def _fill(out: tarfile.TarFile, f: Reader, deb: Deb, control: dict[str, bytes],
         out.addfile(info, io.BytesIO(data))
 
 
-def maintainer_layer(project: Project, debs: list[Deb]) -> tarball.Layer | None:
-    """What maintainer scripts would have made that the image needs: `usr/bin/python3` →
-    `python3.X` (python3-minimal's link, when only python3.X is locked) and the CA bundle
-    (update-ca-certificates concatenates /usr/share/ca-certificates; repro does, sorted)."""
+def maintainer_layer(project: Project, debs: list[Deb]) -> tarball.Layer:
+    """What maintainer scripts would have made that the image needs: `/tmp` and `/var/tmp`
+    (mode 1777), `usr/bin/python3` → `python3.X` (python3-minimal's link, when only
+    python3.X is locked), `/etc/passwd` and `/etc/group` for root and nobody (base-passwd's
+    postinst), and the CA bundle (update-ca-certificates concatenates
+    /usr/share/ca-certificates; repro does, sorted)."""
     store, mtime = project.store, project.recipe.image.mtime
     names = {d.name for d in debs}
     minor = ".".join(project.recipe.environment.python.split(".")[:2])
-    files: list[tuple[str, bytes | str]] = []
+    files: list[tuple[str, bytes | str | None]] = [("tmp", None), ("var/tmp", None)]
     if f"python{minor}-minimal" in names and "python3-minimal" not in names:
         files.append(("usr/bin/python3", f"python{minor}"))  # a link
+    if "base-passwd" not in names:  # its postinst would write these from passwd.master
+        files += [("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n"
+                                 b"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"),
+                  ("etc/group", b"root:x:0:\nnogroup:x:65534:\n")]
     ca = next((d for d in debs if d.name == "ca-certificates"), None)
     if ca is not None:
         with store.blobs.reader(fetch(store, ca)) as f:
             files.append(("etc/ssl/certs/ca-certificates.crt", _bundle(f, ca)))
-    if not files:
-        return None
 
     def fill(out: tarfile.TarFile) -> None:
-        for name, content in sorted(files):
+        for name, content in sorted(files, key=lambda f: f[0]):
             info = tarfile.TarInfo(name)
             info.mtime, info.uid, info.gid = mtime, 0, 0
-            if isinstance(content, str):
+            if content is None:  # a folder anyone may write in, as /tmp is
+                info.type, info.mode = tarfile.DIRTYPE, 0o1777
+                out.addfile(info)
+            elif isinstance(content, str):
                 info.type, info.linkname, info.mode = tarfile.SYMTYPE, content, 0o777
                 out.addfile(info)
             else:
@@ -213,12 +240,11 @@ def interpreter(project: Project, debs: list[Deb]) -> str | None:
 
 def layers(project: Project, debs: list[Deb]) -> Iterator[tuple[tarball.Layer,
                                                                 dict[str, Any]]]:
-    """Each locked package's layer, then the maintainer steps', each with what it holds."""
-    for deb in debs:
-        built, cached = layer(project, deb)
-        yield built, {"content": f"debian: {deb.name} {deb.version}", "diff_id": built.diff_id,
-                      "digest": built.digest, "size": built.size, "cached": cached}
-    steps = maintainer_layer(project, debs) if debs else None
-    if steps is not None:
-        yield steps, {"content": "repro: maintainer steps", "diff_id": steps.diff_id,
-                      "digest": steps.digest, "size": steps.size, "cached": False}
+    """The packages' layer, then the maintainer steps', each with what it holds."""
+    built, cached = system_layer(project, debs)
+    yield built, {"content": "debian: " + ", ".join(f"{d.name} {d.version}" for d in debs),
+                  "diff_id": built.diff_id, "digest": built.digest, "size": built.size,
+                  "cached": cached}
+    steps = maintainer_layer(project, debs)
+    yield steps, {"content": "repro: maintainer steps", "diff_id": steps.diff_id,
+                  "digest": steps.digest, "size": steps.size, "cached": False}

@@ -53,7 +53,17 @@ class ImageRunner:
         if recipe.image.base == "scratch" and not self.project.lock.debs:  # before building
             raise InputError(f"{recipe.path}: image.base is scratch: the image has no Python to "
                              "run the command", hint="pin a base with Python in image.base")
-        return build_image(self.project)
+        built = build_image(self.project)
+        import platform  # noqa: PLC0415
+
+        here = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine())
+        if built.architecture != here:
+            raise InputError(f"{recipe.path}: the image is for {built.architecture} "
+                             f"({recipe.environment.platform}), this machine is "
+                             f"{platform.machine()}: its programs cannot run here",
+                             hint="run it on such a machine (or register qemu-user-static's "
+                                  "binfmt handlers), or change environment.platform")
+        return built
 
     def identity(self) -> str | None:
         return self.image.digest

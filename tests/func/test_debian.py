@@ -63,10 +63,11 @@ def test_the_image_runs_python_from_debian_and_trains_the_venvs_bytes(tmp_path: 
     built = repro("build", "--image", "-o", tmp_path / "img", "--json", cwd=project)
     assert built.code == 0, built.err
     contents = [layer["content"] for layer in built.json["layers"]]
-    assert "debian: libgomp1 " + tomllib.loads((project / LOCK).read_text())["debian"][
-        [d["name"] for d in tomllib.loads((project / LOCK).read_text())["debian"]].index(
-            "libgomp1")]["version"] in contents
-    assert "repro: maintainer steps" in contents
+    gomp = next(d for d in tomllib.loads((project / LOCK).read_text())["debian"]
+                if d["name"] == "libgomp1")
+    assert contents[0].startswith("debian: base-files ")  # every package, one layer
+    assert f"libgomp1 {gomp['version']}" in contents[0]
+    assert contents[1] == "repro: maintainer steps"
 
     root = tmp_path / "bh"
     buildah = ["buildah", "--root", str(root / "root"), "--runroot", str(root / "run"),
@@ -74,11 +75,15 @@ def test_the_image_runs_python_from_debian_and_trains_the_venvs_bytes(tmp_path: 
     ctr = subprocess.run([*buildah, "from", "--quiet", f"oci:{tmp_path / 'img'}"],
                          capture_output=True, text=True, check=True).stdout.strip()
     ran = subprocess.run([*buildah, "run", "--isolation", "chroot", ctr, "--", "python3", "-c",
-                          "import numpy, ssl; print(numpy.__version__, "
-                          "ssl.create_default_context().cert_store_stats()['x509_ca'] > 100)"],
+                          "import getpass, numpy, os, ssl, stat, tempfile; "
+                          "print(numpy.__version__, "
+                          "ssl.create_default_context().cert_store_stats()['x509_ca'] > 100, "
+                          "getpass.getuser(), tempfile.gettempdir(), "
+                          "oct(stat.S_IMODE(os.stat('/tmp').st_mode)))"],
                          capture_output=True, text=True, check=False)
     assert ran.returncode == 0, ran.stderr
-    assert ran.stdout.split() == ["2.4.6", "True"]  # numpy from the lock, CA bundle made
+    # numpy from the lock, the CA bundle made, a user and a /tmp as maintainer scripts would
+    assert ran.stdout.split() == ["2.4.6", "True", "root", "/tmp", "0o1777"]
 
     bundle = tmp_path / "bundle"
     subprocess.run(["umoci", "unpack", "--rootless", "--image",
@@ -87,6 +92,7 @@ def test_the_image_runs_python_from_debian_and_trains_the_venvs_bytes(tmp_path: 
     status = bundle / "rootfs" / "var/lib/dpkg/status.d"
     assert "Package: libgomp1\n" in (status / "libgomp1").read_text()
     assert (status / "python3.11-minimal.md5sums").is_file()
+    assert "ID=debian" in (bundle / "rootfs" / "usr/lib/os-release").read_text()
 
     in_image = repro("run", "--in", "image", "--json", cwd=project)
     assert in_image.code == 0, in_image.err
@@ -125,6 +131,11 @@ def test_a_tampered_sha256_is_refused_and_cached_debs_build_offline(tmp_path: Pa
     shutil.rmtree(isolated / "layers")
     offline = repro("build", "--image", "-o", tmp_path / "img2", "--frozen", cwd=project)
     assert offline.code == 0, offline.err
+    # an empty store and --offline: nothing is fetched, and what is missing is named
+    empty = repro("build", "--image", "--offline", "-o", tmp_path / "img4", cwd=project,
+                  env={"REPRO_HOME": str(tmp_path / "empty-store")})
+    assert empty.code == 3, empty.err
+    assert "is not in the store, and --offline fetches nothing" in empty.err
     # a sha256 changed in the lock: the download does not match it, both digests said
     gomp = next(d for d in tomllib.loads(text)["debian"] if d["name"] == "libgomp1")
     lock.write_text(text.replace(gomp["sha256"], "0" * 64))
@@ -158,6 +169,22 @@ def test_bad_system_packages_are_named(tmp_path: Path) -> None:
     assert unmet.code == 2, unmet.err
     assert "cannot be installed together" in unmet.err
     assert "Depends:" in unmet.err
+    cases = {  # recipe change: (exit code, what the message says)
+        '"libgomp1=1.0-1"': (2, "libgomp1=1.0-1 is not in bookworm"),
+        '"awk"': (2, "awk is a virtual package"),
+        '"libgomp1", "libgomp1=1.0-1"': (2, "names libgomp1 twice"),
+    }
+    for change, (code, said) in cases.items():
+        recipe.write_text(text.replace('"libgomp1"', change))
+        got = repro("lock", cwd=copy)
+        assert (got.code, said in got.err) == (code, True), (change, got.err)
+    recipe.write_text(text.replace('"bookworm-updates"', '"bookwrom-updates"'))
+    typo = repro("lock", cwd=copy)
+    assert typo.code == 2 and "'bookwrom-updates' is not a suite of" in typo.err, typo.err
+    recipe.write_text(text.replace('[environment.debian]', '[environment.debian]\n'
+                                   'components = ["main", "bogus"]'))
+    component = repro("lock", cwd=copy)
+    assert component.code == 2 and "bookworm has no 'bogus' for amd64" in component.err
     recipe.write_text(text.replace('suites = ["bookworm"', 'mirror = "http://127.0.0.1:9/debian"'
                                    '\nsuites = ["bookworm"'))
     down = repro("lock", cwd=copy)

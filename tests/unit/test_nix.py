@@ -100,3 +100,4 @@ def test_the_shipped_expressions_are_the_checkouts() -> None:
                                               ("t14.drv", "t14-drv"), (".x", "x")])
 def test_a_recipe_name_becomes_a_derivation_name_nix_accepts(name: str, stored: str) -> None:
     assert nix._store_name(name) == stored
+
