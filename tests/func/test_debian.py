@@ -199,3 +199,32 @@ def test_diff_shows_system_package_changes_between_locks() -> None:
     assert "libgomp1" in removed and "python3.11-minimal" in removed
     text = repro("diff", EXAMPLE, ROOT, cwd=ROOT).out
     assert "system-packages:\n" in text and "  - libgomp1 " in text
+
+
+def test_the_committed_lock_is_whole_and_says_when_the_pool_has_moved(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The committed lock as it is: every entry whole and its env id its own; whether each
+    .deb is still in the pool is said, never failed (Debian drops superseded versions)."""
+    import urllib.error
+    import urllib.request
+
+    from builder.lock import inspect
+    from builder.schema import load_recipe
+
+    current, stale, tampered = inspect(load_recipe(EXAMPLE / "repro.toml"))
+    assert current is not None and not stale and not tampered
+    debs = current.debs
+    assert len({d.name for d in debs}) == len(debs) > 40
+    assert all(len(d.sha256) == 64 and d.size > 0 and d.url.endswith(".deb") for d in debs)
+    moved = []
+    for d in debs:
+        try:
+            urllib.request.urlopen(urllib.request.Request(d.url, method="HEAD"), timeout=20)  # noqa: S310
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                raise
+            moved.append(d.name)
+    with capsys.disabled():
+        print(f"\nexamples/debian-image: the pool moved on from {', '.join(moved)}; "
+              "`repro lock --upgrade-system` there" if moved else
+              "\nexamples/debian-image: every locked .deb is still in the pool")
