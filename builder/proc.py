@@ -162,11 +162,14 @@ def _follow(child: subprocess.Popen[bytes], tail_lines: int) -> str:
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
     partial = ""
 
+    shown = log.isEnabledFor(logging.INFO)  # -q: only the tail, in the error, if it fails
+
     def take(chunk: bytes) -> None:
         nonlocal partial
         text = decoder.decode(chunk)
-        sys.stderr.write(text)
-        sys.stderr.flush()
+        if shown:
+            sys.stderr.write(text)
+            sys.stderr.flush()
         *lines, partial = (partial + text).split("\n")
         tail.extend(line + "\n" for line in lines)
 

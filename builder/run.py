@@ -274,7 +274,10 @@ def seeded_env(p: Plan) -> dict[str, str]:
         "REPRO_SEED": str(p.seed),
         "PYTHONHASHSEED": str(p.seed % 2**32),
         "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
-        "REPRO_RUN_KEY": p.key,
+        "REPRO_RUN_KEY": p.key,  # with the next three: what trackers tag their runs with
+        "REPRO_ENV_ID": p.env_id,
+        "REPRO_RECIPE_DIGEST": p.recipe.digest(),
+        "REPRO_CODE_DIGEST": p.project.code.digest,
         **{f"REPRO_PARAM_{k.upper()}": _render(v) for k, v in p.params.items()},
         **{f"REPRO_DATA_{d.name.upper()}": d.path for d in p.recipe.data},
     }

@@ -4,6 +4,7 @@
     seed = seed_everything()            # REPRO_SEED, or the seed given
     lr = params()["lr"]                 # the run's params (REPRO_PARAMS_FILE)
     log_metrics(accuracy=0.93)          # merged into the recipe's metrics file
+    mlflow.set_tags(tracker_tags())     # the run key, env id, recipe and code digests
 
 `repro run` puts this module on the run's PYTHONPATH, so it needs no install in the
 environment. It imports only the standard library; numpy and torch are imported only when
@@ -21,7 +22,12 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["generator", "log_metrics", "params", "record_facts", "seed_everything",
-           "worker_init_fn"]
+           "tracker_tags", "worker_init_fn"]
+
+# what `repro run` sets, as the tags an experiment tracker's run gets: the run it belongs to
+TRACKER_TAGS = {"REPRO_RUN_KEY": "repro.run_key", "REPRO_ENV_ID": "repro.env_id",
+                "REPRO_RECIPE_DIGEST": "repro.recipe_digest",
+                "REPRO_CODE_DIGEST": "repro.code_digest"}
 
 
 def _installed(module: str) -> bool:
@@ -78,6 +84,13 @@ def generator(seed: int | None = None) -> Any:
     g = torch.Generator()
     g.manual_seed(int(os.environ.get("REPRO_SEED", "0")) if seed is None else seed)
     return g
+
+
+def tracker_tags() -> dict[str, str]:
+    """The run's identities as tracker tags (`mlflow.set_tags(tracker_tags())`,
+    `wandb.init(config=tracker_tags())`): `repro lookup` then finds the record from any of
+    them. Empty outside `repro run`."""
+    return {tag: os.environ[var] for var, tag in TRACKER_TAGS.items() if var in os.environ}
 
 
 def params() -> dict[str, Any]:
