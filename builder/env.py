@@ -20,6 +20,7 @@ from builder.store import MANIFEST, atomic_write
 
 if TYPE_CHECKING:
     from builder.project import Project
+    from builder.store import Envs
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +93,22 @@ def tampered(project: Project, env_id: str) -> str | None:
 
 def _intact(project: Project, env_id: str) -> bool:
     """Whether the env can be used; a tampered one is set aside (rebuilt by the caller)."""
+    return usable(project, project.store.envs, env_id, tampered)
+
+
+def usable(project: Project, area: Envs, env_id: str,
+           check: Callable[[Project, str], str | None], runner: str | None = None) -> bool:
+    """Whether an env of `area` passes `check`; one that does not (or whose manifest cannot
+    be read) is set aside, and the run keys answered by runs made in it (by `runner`, or
+    any) train again. Shared by the virtualenv and Nix backends."""
     try:
-        why = tampered(project, env_id)
+        why = check(project, env_id)
     except StoreError as exc:
         why = exc.message
     if why is None:
         return True
-    moved = project.store.envs.set_aside(env_id)
-    dropped = project.store.records.drop_answers(env_id)
+    moved = area.set_aside(env_id)
+    dropped = project.store.records.drop_answers(env_id, runner=runner)
     log.warning("%s; it was moved to %s and is built again%s", why, moved,
                 f"; the {len(dropped)} run key(s) answered by runs made in it train again"
                 if dropped else "")

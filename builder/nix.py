@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from builder import __version__, hashing, proc, seal
-from builder.env import BuildResult, read_manifest
+from builder.env import BuildResult, read_manifest, usable
 from builder.errors import InputError, StoreError, ToolError
 from builder.records import EnvManifest
 from builder.runner import VenvRunner, software
@@ -132,14 +132,23 @@ def interpreter(project: Project) -> Path:
     """
     recipe = project.recipe
     python = recipe.environment.python
-    done = proc.run([proc.uv_bin(), "--no-config", "python", "find", python,
-                     "--python-preference", "only-system"],
-                    env=proc.clean_env({"UV_PYTHON_DOWNLOADS": "never"}), check=False)
-    if done.returncode != 0 or not done.stdout.strip():
+    found = _find_python(python)
+    if found is None:
         raise InputError(f"{recipe.path}: environment.python = {python!r}: no such "
                          "interpreter on this machine",
                          hint=f"install CPython {python}, or change environment.python and "
                               "run `repro lock`")
+    return found
+
+
+@functools.cache
+def _find_python(python: str) -> Path | None:
+    """uv's answer, asked once per command (the run key and the build both need it)."""
+    done = proc.run([proc.uv_bin(), "--no-config", "python", "find", python,
+                     "--python-preference", "only-system"],
+                    env=proc.clean_env({"UV_PYTHON_DOWNLOADS": "never"}), check=False)
+    if done.returncode != 0 or not done.stdout.strip():
+        return None
     return Path(os.path.realpath(done.stdout.strip()))
 
 
@@ -381,12 +390,6 @@ def _version(env: Path) -> str:
     return m.group(1) if m else ""
 
 
-def env_path(project: Project, env_id: str) -> Path:
-    """The built env's files (its Nix store path, as this machine sees it)."""
-    manifest = read_manifest(project.store.nix_envs.path(env_id))
-    return Path((manifest.nix or {})["path"])
-
-
 def tampered(project: Project, env_id: str) -> str | None:
     """Why the Nix env is not as it was sealed, or None (a stat per file, no reads)."""
     manifest = read_manifest(project.store.nix_envs.path(env_id))
@@ -400,19 +403,9 @@ def tampered(project: Project, env_id: str) -> str | None:
 
 
 def _intact(project: Project, env_id: str) -> bool:
-    try:
-        why = tampered(project, env_id)
-    except (StoreError, KeyError) as exc:
-        why = getattr(exc, "message", str(exc))
-    if why is None:
-        return True
-    moved = project.store.nix_envs.set_aside(env_id)
-    dropped = project.store.records.drop_answers(env_id, runner="nix")
-    log.warning("%s; its manifest was moved to %s and the env is built again (repaired by "
-                "Nix)%s", why, moved,
-                f"; the {len(dropped)} run key(s) answered by runs made in it train again"
-                if dropped else "")
-    return False
+    """Whether the Nix env can be used; a tampered one's manifest is set aside, and the
+    next build has Nix repair the store path."""
+    return usable(project, project.store.nix_envs, env_id, tampered, runner="nix")
 
 
 def _result(project: Project, *, cached: bool, started: float) -> BuildResult:

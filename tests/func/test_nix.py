@@ -133,6 +133,23 @@ def test_build_and_run_in_nix_give_the_venv_s_model_and_rebuild_bit_for_bit(
     listed = repro("cache", "ls", "--json", cwd=project)
     assert {e["backend"] for e in listed.json["envs"]} == {"venv", "nix"}
 
+    where = repro("exec", "--in", "nix", "--", "python", "-c",
+                  "import numpy; print(numpy.__file__)", cwd=project)
+    assert where.code == 0, where.err
+    assert where.out.startswith(f"{store_path}/lib/python3.11/site-packages/numpy/")
+
+    # gc: the unused Nix env's manifest and gc root go, and Nix is asked to free the path
+    gone = repro("cache", "gc", "--older-than", "0", "--json", cwd=project)
+    assert gone.code == 0, gone.err
+    assert str(store_path) in gone.json["removed"]
+    assert not root.is_symlink()
+    if store_path.exists():  # deleted unless another root (an earlier run's store) holds it
+        held = subprocess.run(["nix-store", "--query", "--roots", store_path],
+                              capture_output=True, text=True, check=True).stdout
+        assert held.strip() and str(root) not in held
+    again = repro("build", "--backend", "nix", "--json", cwd=project)
+    assert again.code == 0 and again.json["cached"] is False and root.is_symlink()
+
 
 @pytest.mark.network
 def test_an_edited_nix_env_is_found_and_repaired_before_use(project: Path) -> None:
